@@ -1,0 +1,37 @@
+# The README's two commands: `make demo` and `make test`. Both create .venv when it is
+# missing and install the package (editable, with its dev extra) into it first.
+SHELL := /bin/bash
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.avc_nb-installed
+DEMO_OUT ?= outputs/demo
+
+.PHONY: install demo test test-all lab sync-check
+
+$(STAMP): settings.ini setup.py
+	@test -x $(BIN)/python || python3 -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	@touch $@
+
+install: $(STAMP)
+
+demo: install
+	$(BIN)/avc_demo --out $(DEMO_OUT)
+
+# 1) the library and the notebooks agree and the notebooks are clean, 2) every notebook's
+# cells run as tests (cells flagged slow or gpu are skipped), 3) pytest.
+test: install sync-check
+	$(BIN)/nbdev_test --n_workers 2 --timing
+	$(BIN)/pytest -q tests
+
+sync-check: install
+	PATH="$(abspath $(BIN)):$$PATH" bash .ci/check_sync
+
+# The same, with the slow cells too (the gpu cells need a CUDA machine: add `gpu` there).
+test-all: install sync-check
+	$(BIN)/nbdev_test --n_workers 2 --flags "slow" --timing
+	$(BIN)/pytest -q tests
+
+lab: install
+	$(BIN)/jupyter lab nbs
