@@ -334,4 +334,5 @@ d = { 'settings': { 'branch': 'main',
                               'avc_nb.train.lr_lambda': ('train.html#lr_lambda', 'avc_nb/train.py'),
                               'avc_nb.train.make_loss_modules': ('train.html#make_loss_modules', 'avc_nb/train.py'),
                               'avc_nb.train.save_checkpoint': ('train.html#save_checkpoint', 'avc_nb/train.py'),
-                              'avc_nb.train.train': ('train.html#train', 'avc_nb/train.py')}}}
+                              'avc_nb.train.train': ('train.html#train', 'avc_nb/train.py'),
+                              'avc_nb.train.training_subset': ('train.html#training_subset', 'avc_nb/train.py')}}}
