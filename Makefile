@@ -21,8 +21,11 @@ demo: install
 
 # 1) the library and the notebooks agree and the notebooks are clean, 2) every notebook's
 # cells run as tests (cells flagged slow or gpu are skipped), 3) pytest.
+# Two notebooks run at once, so each gets one OpenMP thread: with more, their threads spin-wait
+# against each other and a 10-second notebook takes minutes.
+NBTEST_ENV := OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 test: install sync-check
-	$(BIN)/nbdev_test --n_workers 2 --timing
+	$(NBTEST_ENV) $(BIN)/nbdev_test --n_workers 2 --timing
 	$(BIN)/pytest -q tests
 
 sync-check: install
@@ -30,7 +33,7 @@ sync-check: install
 
 # The same, with the slow cells too (the gpu cells need a CUDA machine: add `gpu` there).
 test-all: install sync-check
-	$(BIN)/nbdev_test --n_workers 2 --flags "slow" --timing
+	$(NBTEST_ENV) $(BIN)/nbdev_test --n_workers 2 --flags "slow" --timing
 	$(BIN)/pytest -q tests
 
 lab: install
