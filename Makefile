@@ -17,7 +17,7 @@ $(STAMP): settings.ini setup.py
 install: $(STAMP)
 
 demo: install
-	$(BIN)/avc_demo --out $(DEMO_OUT)
+	$(BIN)/avc_replicate --quick --out $(DEMO_OUT)
 
 # 1) the library and the notebooks agree and the notebooks are clean, 2) every notebook's
 # cells run as tests (cells flagged slow or gpu are skipped), 3) pytest.

@@ -61,7 +61,7 @@ def test_installed_metadata_matches_settings():
 
 
 def test_console_scripts_are_installed():
-    for name in ["avc_synth", "avc_demo"]:
+    for name in ["avc_synth", "avc_cache", "avc_train", "avc_probe", "avc_replicate"]:
         exe = Path(sys.executable).with_name(name)
         assert exe.exists(), exe
         out = subprocess.run([str(exe), "--help"], capture_output=True, text=True, timeout=120)
