@@ -29,9 +29,16 @@ def test_there_are_notebooks():
 def test_every_code_cell_has_prose_before_it(nb):
     cells = _cells(nb)
     assert cells[0]["cell_type"] == "markdown" and _src(cells[0]).startswith("# "), f"{nb.name}: starts with a title"
-    bad = [i for i, c in enumerate(cells)
-           if c["cell_type"] == "code" and not _exempt(c) and i > 0 and cells[i - 1]["cell_type"] != "markdown"]
-    assert not bad, f"{nb.name}: code cells {bad} have no markdown cell right before them"
+    bad = []
+    for i, c in enumerate(cells):
+        if c["cell_type"] != "code" or _exempt(c):
+            continue
+        j = i - 1  # the previous cell that is not the `default_exp` or a hidden set-up cell
+        while j > 0 and cells[j]["cell_type"] == "code" and _exempt(cells[j]):
+            j -= 1
+        if cells[j]["cell_type"] != "markdown":
+            bad.append(i)
+    assert not bad, f"{nb.name}: code cells {bad} have no markdown cell before them"
 
 
 @pytest.mark.parametrize("nb", NBS, ids=lambda p: p.name)
