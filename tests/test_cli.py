@@ -58,7 +58,7 @@ def test_replicate_tiny(work):
     out = run("avc_replicate", "--out", work / "rep", "--variants", "Random", "Soft-positive", "--sizes", 3, "--seeds", 2,
               "--epochs", 1, "--set", "n_classes=3", "--set", "test_clips_per_class=3", "--set", "ood_clips_per_class=4",
               "--set", "pseudo_clips_per_class=3", "--set", "batch_size=6", "--set", "crop=48", "--set", "probe_epochs=3",
-              "--set", "progress=false", "--set", "workers=0")
+              "--set", "progress=false", "--set", "workers=0", "--set", "finetune_epochs=1")
     assert "Claim check" in out.stdout and "Published" in out.stdout
     res = pd.read_csv(work / "rep" / "results.csv")
     assert len(res) == 4 and set(res.variant) == {"Random", "Soft-positive"}
