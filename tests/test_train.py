@@ -105,9 +105,13 @@ def test_ddp_two_processes_gloo(cache_dir):
             f.write(f"{t.world} {len(h)} {digest} {len(t.sampler.batch_sampler.shard(torch.arange(6)))}\\n")
         dist.destroy_process_group()
     """))
+    import socket
+    with socket.socket() as s:  # a free port on the loopback interface for the rendezvous
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1"}
     out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-                          "--master_port", "29517", str(probe), str(cfg), str(work)], capture_output=True, text=True,
+                          "--master_port", str(port), str(probe), str(cfg), str(work)], capture_output=True, text=True,
                          env=env, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     r0, r1 = (work / "rank0.txt").read_text().split(), (work / "rank1.txt").read_text().split()
