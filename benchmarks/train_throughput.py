@@ -26,6 +26,7 @@ import torch
 from avc_nb.core import autocast, get_device
 from avc_nb.data import CacheSpec, load_clip, prepare_cache
 from avc_nb.features import logmel_librosa
+from avc_nb.losses import infonce
 from avc_nb.sampling import SamplingSpec
 from avc_nb.synthetic import make_synthetic
 from avc_nb.train import TrainConfig, Trainer, augment_frames
@@ -109,7 +110,6 @@ def main(argv=None):
                 with autocast(dev):
                     xa = model.band_norm(mel).transpose(1, 2).unsqueeze(1)
                     za, zv = model.audio_head(model.audio(xa)), model.encode_video(v)
-                    from avc_nb.losses import infonce
                     loss = infonce(za.float(), zv.float())
                 opt.zero_grad(); loss.backward(); opt.step()
                 loss.item(); stamps.append(time.perf_counter())
