@@ -17,7 +17,7 @@ import torch
 import yaml
 
 # %% auto #0
-__all__ = ['Config', 'seed_everything', 'get_device', 'autocast_dtype', 'autocast']
+__all__ = ['Config', 'seed_everything', 'get_device', 'autocast_dtype', 'autocast', 'needs_cuda', 'needs_data']
 
 # %% ../nbs/00_core.ipynb #56f83cbe
 def _resolve_types(cls):
@@ -123,3 +123,19 @@ def autocast(device, enabled: bool = True):
     dtype = autocast_dtype(device)
     if not enabled or dtype is None: return nullcontext()
     return torch.autocast(device_type=torch.device(device).type, dtype=dtype)
+
+# %% ../nbs/00_core.ipynb #ae04c0d0
+def needs_cuda(what: str = 'this cell') -> bool:
+    "True when CUDA is available; otherwise print that `what` was skipped (no NVIDIA GPU here) and return False."
+    if torch.cuda.is_available(): return True
+    print(f"Skipped: {what} needs an NVIDIA GPU with CUDA, and this machine has none. "
+          "On a GPU machine, Run All runs it, and so does `nbdev_test --flags gpu`.")
+    return False
+
+def needs_data(path, what: str = 'this recipe') -> bool:
+    "True when `path` exists; otherwise print that `what` was skipped because the data are not there, and return False."
+    p = Path(path).expanduser()
+    if p.exists(): return True
+    print(f"Skipped: {what} needs {p}, which is not on this machine. "
+          "Get the data from its publisher, point the path at it, and run the cell again.")
+    return False
