@@ -17,7 +17,15 @@ import torch
 import yaml
 
 # %% auto #0
-__all__ = ['Config', 'seed_everything', 'get_device', 'autocast_dtype', 'autocast', 'needs_cuda', 'needs_data']
+__all__ = ['AvcError', 'ConfigError', 'Config', 'seed_everything', 'get_device', 'autocast_dtype', 'autocast', 'needs_cuda',
+           'needs_data']
+
+# %% ../nbs/00_core.ipynb #9daf327f
+class AvcError(Exception):
+    "An error in what the user gave (file, config, checkpoint): the message names it and the problem."
+
+class ConfigError(AvcError, ValueError):
+    "A config field with a wrong type or an out-of-range value; the message names the field."
 
 # %% ../nbs/00_core.ipynb #56f83cbe
 def _resolve_types(cls):
@@ -40,6 +48,8 @@ def _from_value(tp, value):
 
 class Config:
     "Mixin for dataclasses: exact round trip to dicts and YAML, unknown keys are an error."
+    def __post_init__(self):
+        "Checks run when a config is made; a subclass's own `__post_init__` calls this first."
     def to_dict(self) -> dict:
         "The config as plain Python values (nested configs become dicts, tuples lists)."
         def plain(v):
