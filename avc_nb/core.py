@@ -6,8 +6,14 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
+import math
+import numbers
 import os
 import random
+import sys
+import tempfile
+import types
 import typing
 from contextlib import nullcontext
 from pathlib import Path
@@ -17,8 +23,8 @@ import torch
 import yaml
 
 # %% auto #0
-__all__ = ['AvcError', 'ConfigError', 'Config', 'seed_everything', 'get_device', 'autocast_dtype', 'autocast', 'needs_cuda',
-           'needs_data']
+__all__ = ['USER_ERRORS', 'AvcError', 'ConfigError', 'ensure_writable_dir', 'add_debug_option', 'command_errors', 'Config',
+           'seed_everything', 'DeviceError', 'get_device', 'autocast_dtype', 'autocast', 'needs_cuda', 'needs_data']
 
 # %% ../nbs/00_core.ipynb #9daf327f
 class AvcError(Exception):
@@ -27,29 +33,139 @@ class AvcError(Exception):
 class ConfigError(AvcError, ValueError):
     "A config field with a wrong type or an out-of-range value; the message names the field."
 
+# %% ../nbs/00_core.ipynb #ab92fb60
+def ensure_writable_dir(path, what: str = 'output folder') -> Path:
+    "Create folder `path` if needed and check that a file can be written in it; an `AvcError` naming it otherwise."
+    p = Path(path).expanduser()
+    blocker = next((a for a in [p, *p.parents] if a.exists() and not a.is_dir()), None)
+    if blocker is not None:
+        raise AvcError(f"{what} {p} cannot be used: {blocker} is a file, not a folder")
+    try: p.mkdir(parents=True, exist_ok=True)
+    except OSError as e: raise AvcError(f"{what} {p} cannot be created ({e.strerror or e})") from None
+    try:
+        fd, probe = tempfile.mkstemp(prefix='.avc-write-check-', dir=p)
+        os.close(fd); os.remove(probe)
+    except OSError as e:
+        raise AvcError(f"{what} {p} is not writable ({e.strerror or e}); choose another folder or make it writable") from None
+    return p
+
+# %% ../nbs/00_core.ipynb #e6fb42ac
+USER_ERRORS = (AvcError, OSError, ValueError)
+
+def add_debug_option(parser):
+    "Add `--debug` (show the traceback instead of the one-line message) to an argparse parser."
+    parser.add_argument('--debug', action='store_true', help='on an error, show the full traceback instead of one line')
+    return parser
+
+def command_errors(prog: str, errors: tuple = USER_ERRORS):
+    "Decorator for a command's `main(argv=None)`: `errors` become one line '`prog`: message' on stderr and exit 1, unless --debug."
+    def deco(main):
+        @functools.wraps(main)
+        def wrapper(argv=None):
+            args = sys.argv[1:] if argv is None else [str(a) for a in argv]
+            try: return main(argv)
+            except errors as e:
+                if '--debug' in args: raise
+                msg = ' '.join(str(e).split()) or type(e).__name__
+                if isinstance(e, OSError) and e.filename and str(e.filename) not in msg: msg += f": {e.filename}"
+                print(f"{prog}: {msg}", file=sys.stderr)
+                raise SystemExit(1) from None
+        return wrapper
+    return deco
+
 # %% ../nbs/00_core.ipynb #56f83cbe
 def _resolve_types(cls):
     "Field name -> resolved type annotation for dataclass `cls` (handles `from __future__ import annotations`)."
     try: return typing.get_type_hints(cls)
-    except Exception: return {f.name: f.type for f in dataclasses.fields(cls)}
+    except Exception:
+        out, ns = {}, vars(sys.modules.get(cls.__module__, typing))
+        for f in dataclasses.fields(cls):
+            try: out[f.name] = eval(f.type, ns) if isinstance(f.type, str) else f.type
+            except Exception: out[f.name] = None  # an annotation we cannot resolve is not checked
+        return out
 
-def _from_value(tp, value):
-    "Turn a plain YAML value back into type `tp` (nested Config dataclasses, tuples)."
-    origin = typing.get_origin(tp)
-    if origin is typing.Union:  # Optional[X] and X | None
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        if value is None: return None
-        if len(args) == 1: return _from_value(args[0], value)
-        return value
-    if isinstance(tp, type) and dataclasses.is_dataclass(tp) and isinstance(value, dict):
-        return tp.from_dict(value)
-    if (origin is tuple or tp is tuple) and isinstance(value, (list, tuple)): return tuple(value)
-    return value
+_SPECIAL_FLOATS = {'.inf': math.inf, '+.inf': math.inf, '-.inf': -math.inf, '.nan': math.nan}  # YAML 1.1 spellings
+_BOOL_WORDS = {'true': True, 'yes': True, 'on': True, '1': True, 'false': False, 'no': False, 'off': False, '0': False}
+
+def _as_number(text: str):
+    "The number `text` spells ('10', '1_000', '1e-3', '1E-3', '.5', '.inf', ...), or None when it spells none."
+    s = text.strip()
+    if s.lower() in _SPECIAL_FLOATS: return _SPECIAL_FLOATS[s.lower()]
+    for kind in (int, float):
+        try: return kind(s)
+        except ValueError: pass
+    return None
+
+def _check_value(tp, v, where: str):
+    "`v` as annotation `tp` asks (numbers read from text, lists made tuples); a `ConfigError` naming `where` if it cannot be."
+    def bad(expected): return ConfigError(f"{where}: expected {expected}, got {v!r}")
+    if tp is None or tp is typing.Any or isinstance(tp, (str, typing.TypeVar)): return v  # not checkable
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if v is None and type(None) in args: return None
+        opts = [a for a in args if a is not type(None)]
+        errors = []
+        for a in opts:
+            try: return _check_value(a, v, where)
+            except ConfigError as e: errors.append(e)
+        if len(errors) == 1 and type(None) not in args: raise errors[0]
+        raise bad(' or '.join([str(e).split('expected ', 1)[1].rsplit(', got', 1)[0] for e in errors]
+                              + (['None'] if type(None) in args else [])))
+    if origin is typing.Literal:
+        if any(v == a and type(v) is type(a) for a in args): return v
+        raise bad(f"one of {list(args)}")
+    if tp is bool:
+        if isinstance(v, bool): return v
+        if isinstance(v, numbers.Integral) and v in (0, 1): return bool(v)
+        if isinstance(v, str) and v.strip().lower() in _BOOL_WORDS: return _BOOL_WORDS[v.strip().lower()]
+        raise bad("true or false")
+    if tp is int:
+        n = _as_number(v) if isinstance(v, str) else v
+        if isinstance(n, bool) or not isinstance(n, numbers.Real): raise bad("an integer")
+        if isinstance(n, numbers.Integral): return int(n)
+        if math.isfinite(n) and float(n).is_integer(): return int(n)  # '1e3' or 2.0: a whole number
+        raise bad("an integer")
+    if tp is float:
+        n = _as_number(v) if isinstance(v, str) else v
+        if isinstance(n, bool) or not isinstance(n, numbers.Real): raise bad("a number")
+        return float(n)
+    if tp is str:
+        if isinstance(v, str): return v
+        if isinstance(v, os.PathLike): return os.fspath(v)
+        raise bad("a string")
+    if isinstance(tp, type) and issubclass(tp, os.PathLike):
+        if isinstance(v, (str, os.PathLike)): return tp(v)
+        raise bad("a path")
+    if tp in (tuple, list) or origin in (tuple, list):
+        kind = origin or tp
+        if not isinstance(v, (list, tuple)): raise bad("a list")
+        if not args: return kind(v)
+        if kind is tuple and not (len(args) == 2 and args[1] is Ellipsis):
+            if len(v) != len(args): raise bad(f"a list of {len(args)} values")
+            return tuple(_check_value(a, o, f"{where}[{i}]") for i, (a, o) in enumerate(zip(args, v)))
+        return kind(_check_value(args[0], o, f"{where}[{i}]") for i, o in enumerate(v))
+    if tp is dict or origin is dict:
+        if not isinstance(v, dict): raise bad("a mapping")
+        return v
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
+        if isinstance(v, tp): return v
+        if isinstance(v, dict) and issubclass(tp, Config):
+            try: return tp.from_dict(v)
+            except ConfigError as e: raise ConfigError(f"{where}: {e}") from None
+        raise bad(f"a {tp.__name__} (a mapping of its fields)")
+    if isinstance(tp, type) and not isinstance(v, tp): raise bad(f"a {tp.__name__}")
+    return v
 
 class Config:
-    "Mixin for dataclasses: exact round trip to dicts and YAML, unknown keys are an error."
+    "Mixin for dataclasses: every field checked against its annotation, exact round trip to dicts and YAML, unknown keys are an error."
     def __post_init__(self):
-        "Checks run when a config is made; a subclass's own `__post_init__` calls this first."
+        "Check (and read from text) every field by its annotation; a subclass's own `__post_init__` calls this first."
+        hints, name = _resolve_types(type(self)), type(self).__name__
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            new = _check_value(hints.get(f.name), v, f"{name}.{f.name}")
+            if new is not v: object.__setattr__(self, f.name, new)
+
     def to_dict(self) -> dict:
         "The config as plain Python values (nested configs become dicts, tuples lists)."
         def plain(v):
@@ -62,14 +178,15 @@ class Config:
 
     @classmethod
     def from_dict(cls, d: dict):
-        "Build the config from a dict; unknown keys raise a `ValueError` that names them."
-        if not isinstance(d, dict): raise TypeError(f"{cls.__name__}: expected a mapping, got {type(d).__name__}")
+        "Build the config from a dict; unknown keys and values of the wrong type raise a `ConfigError` that names them."
+        if not isinstance(d, dict): raise ConfigError(f"{cls.__name__}: expected a mapping of its fields, got {type(d).__name__}")
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - names)
         if unknown:
-            raise ValueError(f"{cls.__name__}: unknown key(s) {unknown}; known keys are {sorted(names)}")
-        types = _resolve_types(cls)
-        return cls(**{k: _from_value(types.get(k), v) for k, v in d.items()})
+            raise ConfigError(f"{cls.__name__}: unknown key(s) {unknown}; known keys are {sorted(names)}")
+        hints = _resolve_types(cls)
+        # values are read by their annotations before the class's own checks (in __post_init__) see them
+        return cls(**{k: _check_value(hints.get(k), v, f"{cls.__name__}.{k}") for k, v in d.items()})
 
     def to_yaml(self, path=None) -> str:
         "The config as YAML text, also written to `path` when given."
@@ -79,21 +196,24 @@ class Config:
 
     @classmethod
     def from_yaml(cls, src):
-        "Read a config from a YAML file path or a YAML string."
+        "Read a config from a YAML file path or a YAML string; errors name the file."
         if isinstance(src, Path) or (isinstance(src, str) and '\n' not in src and src.endswith(('.yaml', '.yml'))):
             p = Path(src)
             if not p.exists(): raise FileNotFoundError(f"config file not found: {p}")
             text, where = p.read_text(), str(p)
         else: text, where = src, '<string>'
-        data = yaml.safe_load(text) or {}
-        try: return cls.from_dict(data)
+        try: data = yaml.safe_load(text)
+        except yaml.YAMLError as e: raise ConfigError(f"{where}: not valid YAML ({' '.join(str(e).split())})") from None
+        try: return cls.from_dict(data or {})
+        except ConfigError as e: raise ConfigError(f"{where}: {e}") from None
         except (ValueError, TypeError) as e: raise type(e)(f"{where}: {e}") from None
 
     def replace(self, **changes):
-        "A copy with some fields changed (unknown names are an error)."
+        "A copy with some fields changed (unknown names are an error; values are checked like any others)."
         unknown = sorted(changes.keys() - {f.name for f in dataclasses.fields(self)})
-        if unknown: raise ValueError(f"{type(self).__name__}: unknown key(s) {unknown}")
+        if unknown: raise ConfigError(f"{type(self).__name__}: unknown key(s) {unknown}")
         return dataclasses.replace(self, **changes)
+
 
 # %% ../nbs/00_core.ipynb #e6be39b8
 def seed_everything(seed: int = 0, deterministic: bool = False) -> torch.Generator:
@@ -110,15 +230,18 @@ def seed_everything(seed: int = 0, deterministic: bool = False) -> torch.Generat
     return g
 
 # %% ../nbs/00_core.ipynb #a1ba7a3c
+class DeviceError(AvcError, RuntimeError):
+    "A device was asked for that this machine does not have."
+
 def get_device(prefer: str | None = None) -> torch.device:
     "The device to use: `prefer`, else $AVC_DEVICE, else cuda > mps > cpu."
     prefer = prefer or os.environ.get('AVC_DEVICE') or None
     if prefer is not None:
         dev = torch.device(prefer)
         if dev.type == 'cuda' and not torch.cuda.is_available():
-            raise RuntimeError(f"device {prefer!r} was requested but CUDA is not available on this machine")
+            raise DeviceError(f"device {prefer!r} was requested but CUDA is not available on this machine")
         if dev.type == 'mps' and not (hasattr(torch.backends, 'mps') and torch.backends.mps.is_available()):
-            raise RuntimeError(f"device {prefer!r} was requested but MPS is not available on this machine")
+            raise DeviceError(f"device {prefer!r} was requested but MPS is not available on this machine")
         return dev
     if torch.cuda.is_available(): return torch.device('cuda')
     if hasattr(torch.backends, 'mps') and torch.backends.mps.is_available(): return torch.device('mps')
