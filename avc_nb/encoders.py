@@ -26,7 +26,7 @@ def scaled(channels: int, width: float = 1.0) -> int:
 
 # %% ../nbs/04_encoders.ipynb #b1bc7fb4
 AVID_AUDIO_STRIDES = (2, 2, 2, 1)  # AVID-CMA models/audio.py: block1..block4
-P1_AUDIO_STRIDES = (1, 2, 2, 1)    # soft-positive repository (SP70/models/audio.py)
+P1_AUDIO_STRIDES = (1, 2, 2, 1)    # soft-positive repository: models/audio.py of all seven variant folders
 
 def _conv_bn_relu(cin, cout, kernel, stride, padding, dims=2):
     "Conv (no bias: BN follows) + BatchNorm (affine) + ReLU, in 2D or 3D."
@@ -34,7 +34,7 @@ def _conv_bn_relu(cin, cout, kernel, stride, padding, dims=2):
     return [Conv(cin, cout, kernel, stride=stride, padding=padding, bias=False), BN(cout), nn.ReLU(inplace=True)]
 
 class AudioConv2D(nn.Module):
-    "The authors' audio CNN: conv 7x7/2 stem, four plain blocks of two 3x3 convs, max pool. Input (B, C, T, F)."
+    "The authors' audio CNN: conv 7x7/2 stem, four plain blocks of two 3x3 convs, max pool; AVID strides by default. Input (B, C, T, F)."
     def __init__(self, depth: int = 10, width: float = 1.0, in_channels: int = 1,
                  channels: Sequence[int] = (64, 64, 128, 256, 512),
                  block_strides: Sequence[int] = AVID_AUDIO_STRIDES, stem_kernel: int = 7):
@@ -84,7 +84,7 @@ class R2Plus1DBlock(nn.Module):
         return F.relu(self.out_bn(h + self.shortcut(x)))
 
 class VideoR2Plus1D(nn.Module):
-    "The authors' R(2+1)D (AVID-CMA): full 3x7x7 Conv3D stem, four stages of (2+1)D residual blocks, max pool. Input (B, 3, T, H, W)."
+    "The authors' R(2+1)D: full 3x7x7 Conv3D stem (+ max pool: AVID-CMA; `stem_pool=False`: the soft-positive paper), four (2+1)D stages, max pool. Input (B, 3, T, H, W)."
     def __init__(self, depth: int = 18, width: float = 1.0, in_channels: int = 3,
                  channels: Sequence[int] = (64, 64, 128, 256, 512), stem_pool: bool = True):
         super().__init__()
@@ -122,7 +122,13 @@ class VideoR2Plus1D(nn.Module):
 
 # %% ../nbs/04_encoders.ipynb #8e54a93b
 ENCODER_PRESETS = {
-    'paper': dict(audio=dict(depth=10, width=1.0), video=dict(depth=18, width=1.0)),
+    # the soft-positive paper: models/audio.py and models/video.py of all seven variant folders
+    'paper': dict(audio=dict(depth=10, width=1.0, block_strides=P1_AUDIO_STRIDES),
+                  video=dict(depth=18, width=1.0, stem_pool=False)),
+    # AVID-CMA (facebookresearch/AVID-CMA models/audio.py, models/video.py)
+    'avid': dict(audio=dict(depth=10, width=1.0, block_strides=AVID_AUDIO_STRIDES),
+                 video=dict(depth=18, width=1.0, stem_pool=True)),
+    # CPU lessons: AVID's cheaper layout at a quarter of the width, R(2+1)D-10
     'small': dict(audio=dict(depth=10, width=0.25), video=dict(depth=10, width=0.25)),
 }
 
