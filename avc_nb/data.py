@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import errno
+import hashlib
+import io
 import json
 import math
 import os
@@ -22,19 +25,24 @@ import pandas as pd
 import soundfile as sf
 from tqdm.auto import tqdm
 
-from .core import Config
+from .core import AvcError, Config, ConfigError
 
 # %% auto #0
-__all__ = ['MANIFEST_COLUMNS', 'AV_EXTENSIONS', 'ClipError', 'Manifest', 'write_manifest', 'read_manifest', 'Clip', 'write_clip',
-           'load_clip', 'read_vggsound', 'read_tau_avs', 'read_fsdnoisy18k', 'read_esc50', 'read_folder', 'CacheSpec',
-           'prepare_cache', 'ClipCache']
+__all__ = ['MANIFEST_COLUMNS', 'AV_EXTENSIONS', 'ClipError', 'ManifestError', 'Manifest', 'write_manifest', 'read_manifest',
+           'Clip', 'write_clip', 'load_clip', 'read_vggsound', 'read_tau_avs', 'read_fsdnoisy18k', 'read_esc50',
+           'read_folder', 'CacheSpec', 'DiskFullError', 'prepare_cache', 'CacheError', 'ClipCache']
 
 # %% ../nbs/01_data.ipynb #e312801e
-class ClipError(ValueError):
+class ClipError(AvcError, ValueError):
     "A problem with one clip's file: `path` and `reason` say which file and what is wrong."
     def __init__(self, path, reason):
         self.path, self.reason = str(path), reason
         super().__init__(f"{path}: {reason}")
+    # a worker process sends its exception back pickled; rebuild it from (path, reason), not from the message
+    def __reduce__(self): return (type(self), (self.path, self.reason))
+
+class ManifestError(AvcError, ValueError):
+    "A manifest file that cannot be read as one: the message names the file (and the line) and what is wrong."
 
 def _check_on_error(on_error):
     if on_error not in ('raise', 'skip'):
@@ -55,8 +63,13 @@ class Manifest:
         df['label'] = df['label'].fillna('').astype(str)
         df['split'] = df['split'].fillna('').astype(str)
         df['clip_id'] = df['clip_id'].astype(str)
-        df['start'] = pd.to_numeric(df['start'], errors='raise').astype(float) if 'start' in df.columns else 0.0
-        df['duration'] = pd.to_numeric(df['duration'], errors='raise').astype(float) if 'duration' in df.columns else np.nan
+        for c, default in (('start', 0.0), ('duration', np.nan)):
+            if c not in df.columns: df[c] = default; continue
+            num = pd.to_numeric(df[c], errors='coerce')
+            text = df[c].where(df[c].notna(), '').astype(str).str.strip()
+            bad = text[num.isna() & (text != '') & (text.str.lower() != 'nan')]
+            if len(bad): raise ValueError(f"manifest: column {c!r} must hold numbers (seconds); clip {df['clip_id'][bad.index[0]]!r} has {bad.iloc[0]!r}")
+            df[c] = num.astype(float)
         dup = df['clip_id'][df['clip_id'].duplicated()].unique().tolist()
         if dup: raise ValueError(f"manifest: duplicate clip_id(s) {dup[:5]}{' ...' if len(dup) > 5 else ''}")
         nofile = df['clip_id'][(df['video_path'] == '') & (df['audio_path'] == '')].tolist()
@@ -72,13 +85,19 @@ class Manifest:
     def __len__(self): return len(self.df)
     def __repr__(self):
         return (f"Manifest({len(self)} clips, {len(self.classes)} classes, "
-                f"splits { {k: int(v) for k, v in self.df['split'].value_counts().items()} }" + (f", {len(self.skipped)} skipped)" if self.skipped else ")"))
+                + (f"{self.n_unlabelled} unlabelled, " if self.n_unlabelled else "")
+                + f"splits { {k: int(v) for k, v in self.df['split'].value_counts().items()} }" + (f", {len(self.skipped)} skipped)" if self.skipped else ")"))
     def __getitem__(self, i): return self.df.iloc[i]
 
     @property
     def classes(self) -> list:
         "Sorted class names (unlabelled clips excluded)."
         return sorted(l for l in self.df['label'].unique() if l != '')
+
+    @property
+    def n_unlabelled(self) -> int:
+        "Clips with an empty label: they take part in self-supervised training but are never a label-aware positive."
+        return int((self.df['label'] == '').sum())
 
     def label_ids(self, classes: list | None = None) -> np.ndarray:
         "Class index of each clip (-1 when unlabelled); a label missing from `classes` is an error."
@@ -121,16 +140,40 @@ def write_manifest(manifest: Manifest, path) -> Path:
     return path
 
 def read_manifest(path) -> Manifest:
-    "Read a manifest CSV written by `write_manifest` (relative paths resolved against its folder)."
+    "Read a manifest CSV written by `write_manifest` (relative paths resolved against its folder); a bad file is named, with the line."
     path = Path(path)
     if not path.exists(): raise FileNotFoundError(f"manifest not found: {path}")
-    head = pd.read_csv(path, nrows=0).columns
-    df = pd.read_csv(path, dtype={c: str for c in head if c in ('clip_id', 'label', 'split') or c.endswith('_path')},
+    if path.is_dir(): raise ManifestError(f"{path}: is a folder, not a manifest CSV")
+    raw = path.read_bytes()
+    try: text = raw.decode('utf-8-sig')
+    except UnicodeDecodeError as e:
+        raise ManifestError(f"{path}: not a manifest CSV: it is not UTF-8 text (byte {raw[e.start]:#04x} at offset {e.start})") from None
+    if '\x00' in text: raise ManifestError(f"{path}: not a manifest CSV: it holds binary data")
+    if not text.strip():
+        raise ManifestError(f"{path}: the manifest is empty; it needs a header line ({','.join(MANIFEST_COLUMNS)}) and one line per clip")
+    rows = csv.reader(io.StringIO(text))
+    try:
+        header = next(rows)
+        n = 0
+        for row in rows:
+            if not row: continue  # a blank line
+            n += 1
+            if len(row) != len(header):
+                raise ManifestError(f"{path}, line {rows.line_num}: {len(row)} field(s) where the header has {len(header)}; "
+                                    "a value with a comma must be quoted")
+    except csv.Error as e: raise ManifestError(f"{path}, line {rows.line_num}: not valid CSV ({e})") from None
+    missing = [c for c in ('clip_id', 'label', 'split') if c not in header]
+    if 'video_path' not in header and 'audio_path' not in header: missing.append('video_path or audio_path')
+    if missing: raise ManifestError(f"{path}: not a manifest: missing column(s) {missing}; its header is {header[:8]}")
+    if n == 0: raise ManifestError(f"{path}: the manifest has a header but no clips")
+    df = pd.read_csv(io.StringIO(text), dtype={c: str for c in header if c in ('clip_id', 'label', 'split') or c.endswith('_path')},
                      keep_default_na=False, na_values={'start': [''], 'duration': ['']})
     base = path.parent
     for c in _path_columns(df):
         df[c] = df[c].fillna('').astype(str).map(lambda p: str(base / p) if p and not os.path.isabs(p) else p)
-    return Manifest(df)
+    try: return Manifest(df)
+    except ValueError as e: raise ManifestError(f"{path}: {e}") from None
+
 
 # %% ../nbs/01_data.ipynb #93f49a36
 @dataclasses.dataclass
@@ -401,6 +444,17 @@ class CacheSpec(Config):
     video: bool = True
     audio: bool = True
 
+    def __post_init__(self):
+        super().__post_init__()
+        for name in ('seconds', 'fps'):
+            v = getattr(self, name)
+            if not (math.isfinite(v) and v > 0): raise ConfigError(f"CacheSpec.{name} must be a positive number, got {v}")
+        if self.size < 1: raise ConfigError(f"CacheSpec.size must be >= 1 pixel, got {self.size}")
+        if self.sample_rate < 1: raise ConfigError(f"CacheSpec.sample_rate must be >= 1 Hz, got {self.sample_rate}")
+        if not (self.video or self.audio): raise ConfigError("CacheSpec: nothing to cache (video and audio both False)")
+        if self.video and self.n_frames < 1:
+            raise ConfigError(f"CacheSpec: {self.seconds:g} s at {self.fps:g} fps is less than one frame")
+
     @property
     def n_frames(self) -> int: return int(round(self.seconds * self.fps)) if self.video else 0
     @property
@@ -426,31 +480,67 @@ def _clip_arrays(row, spec: CacheSpec):
         audio = np.clip(np.round(a * 32768.0), -32768, 32767).astype(np.int16)  # LogMel divides by 32768
     return frames, audio
 
+class DiskFullError(AvcError, OSError):
+    "The cache's folder has no room: the message names the folder, the bytes needed and the bytes free."
+    def __init__(self, folder, needed: int, free: int, during: bool = True):
+        self.folder, self.needed, self.free, self.during = str(folder), int(needed), int(free), during
+        what = "the disk filled up while writing the cache" if during else "not enough free disk space for the cache"
+        super().__init__(f"{folder}: {what}: it needs {needed:,} more bytes ({needed / 1e6:.1f} MB) and {free:,} bytes "
+                         f"({free / 1e6:.1f} MB) are free; free some space or choose another cache folder"
+                         + ("; finished shards are kept, so running again continues" if during else ""))
+        self.errno = errno.ENOSPC  # it is a full disk, whichever way it is caught
+    def __reduce__(self): return (type(self), (self.folder, self.needed, self.free, self.during))
+
+def _is_disk_full(e: OSError) -> bool: return getattr(e, 'errno', None) in (errno.ENOSPC, getattr(errno, 'EDQUOT', -1))
+
+def _write_npy(path, items, dtype, shape) -> str:
+    "Write `items` (arrays of shape `shape[1:]`) as one .npy of `shape` with plain writes, its size reserved first; return its SHA-256."
+    dtype, shape = np.dtype(dtype), tuple(int(n) for n in shape)
+    head = io.BytesIO()
+    np.lib.format.write_array_header_1_0(head, dict(descr=np.lib.format.dtype_to_descr(dtype), fortran_order=False, shape=shape))
+    head = head.getvalue()
+    h = hashlib.sha256(head)
+    with open(path, 'wb') as f:
+        total = len(head) + math.prod(shape) * dtype.itemsize
+        if hasattr(os, 'posix_fallocate'):
+            try: os.posix_fallocate(f.fileno(), 0, total)
+            except OSError as e:
+                if _is_disk_full(e): raise
+                # a filesystem without fallocate support: the plain writes below still report a full disk as ENOSPC
+        f.write(head)
+        for a in items:
+            a = np.ascontiguousarray(a, dtype=dtype)
+            if a.shape != shape[1:]: raise ValueError(f"{path}: an item of shape {a.shape}, expected {shape[1:]}")
+            b = a.tobytes(); h.update(b); f.write(b)
+    return h.hexdigest()
+
 def _build_shard(shard_dir: str, rows: list, spec_dict: dict, on_error: str):
     "Worker: decode `rows` into a shard folder, written under a temporary name and renamed when complete."
     spec = CacheSpec.from_dict(spec_dict)
     final = Path(shard_dir); tmp = final.with_name(f"{final.name}.tmp-{os.getpid()}")
     if tmp.exists(): shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
     ok, skipped, fr, au = [], [], [], []
     for r in rows:
         try: f, a = _clip_arrays(r, spec)
         except ClipError as e:
-            if on_error == 'raise': shutil.rmtree(tmp, ignore_errors=True); raise
+            if on_error == 'raise': raise
             skipped.append(dict(clip_id=r['clip_id'], path=e.path, reason=e.reason)); continue
         ok.append(r['pos']); fr.append(f); au.append(a)
     n = len(ok)
-    if spec.video:
-        m = np.lib.format.open_memmap(tmp / 'frames.npy', 'w+', np.uint8, (n, spec.n_frames, spec.size, spec.size, 3))
-        for i, f in enumerate(fr): m[i] = f
-        m.flush(); del m
-    if spec.audio:
-        m = np.lib.format.open_memmap(tmp / 'audio.npy', 'w+', np.int16, (n, spec.n_samples))
-        for i, a in enumerate(au): m[i] = a
-        m.flush(); del m
-    (tmp / 'clips.json').write_text(json.dumps(dict(positions=ok, skipped=skipped)))
-    os.replace(tmp, final)
+    try:
+        tmp.mkdir(parents=True)
+        sums = {}
+        if spec.video: sums['frames.npy'] = _write_npy(tmp / 'frames.npy', fr, np.uint8, (n, spec.n_frames, spec.size, spec.size, 3))
+        if spec.audio: sums['audio.npy'] = _write_npy(tmp / 'audio.npy', au, np.int16, (n, spec.n_samples))
+        (tmp / 'clips.json').write_text(json.dumps(dict(positions=ok, skipped=skipped, sha256=sums)))
+        os.replace(tmp, final)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if _is_disk_full(e):
+            raise DiskFullError(final.parent.parent, n * spec.bytes_per_clip, shutil.disk_usage(final.parent).free) from None
+        raise
     return len(rows), skipped
+
 
 # %% ../nbs/01_data.ipynb #9d96e615
 def prepare_cache(manifest: Manifest, cache_dir, spec: CacheSpec | None = None, workers: int = 2,
@@ -459,7 +549,6 @@ def prepare_cache(manifest: Manifest, cache_dir, spec: CacheSpec | None = None, 
     "Decode every clip of `manifest` once into memory-mapped shards under `cache_dir`; resumable and atomic."
     _check_on_error(on_error)
     spec = spec or CacheSpec()
-    if not (spec.video or spec.audio): raise ValueError("CacheSpec: nothing to cache (video and audio both False)")
     cache_dir = Path(cache_dir); (cache_dir / 'shards').mkdir(parents=True, exist_ok=True)
     classes = manifest.classes if classes is None else list(classes)
     manifest.label_ids(classes)  # an unknown label fails here, naming its file
@@ -480,6 +569,29 @@ def prepare_cache(manifest: Manifest, cache_dir, spec: CacheSpec | None = None, 
     shards = [(cache_dir / 'shards' / f'{k:05d}', records[s:s + shard_size])
               for k, s in enumerate(range(0, len(records), shard_size))]
     todo = [(d, r) for d, r in shards if not (d / 'clips.json').exists()]
+    need = spec.bytes_per_clip * sum(len(r) for _, r in todo)
+    free = shutil.disk_usage(cache_dir).free
+    if need > free: raise DiskFullError(cache_dir, need, free, during=False)
+    try: _build_all(todo, records, spec, workers, on_error, progress)
+    except (DiskFullError, OSError) as e:
+        if not (isinstance(e, DiskFullError) or _is_disk_full(e)): raise
+        left = sum(len(r) for d, r in todo if not (d / 'clips.json').exists())
+        raise DiskFullError(cache_dir, left * spec.bytes_per_clip, shutil.disk_usage(cache_dir).free) from None
+    index, skipped, sums = [], [], {}
+    for k, (d, _) in enumerate(shards):
+        info = json.loads((d / 'clips.json').read_text())
+        index += [(pos, k, row) for row, pos in enumerate(info['positions'])]
+        skipped += info['skipped']
+        sums.update({f'{d.name}/{f}': h for f, h in info.get('sha256', {}).items()})
+    index.sort()
+    idx = dict(shard=[k for _, k, _ in index], row=[r for _, _, r in index], pos=[p for p, _, _ in index],
+               shard_dirs=[d.name for d, _ in shards], sha256=sums)
+    tmp = cache_dir / 'index.json.tmp'; tmp.write_text(json.dumps(idx)); os.replace(tmp, cache_dir / 'index.json')
+    pd.DataFrame(skipped, columns=['clip_id', 'path', 'reason']).to_csv(cache_dir / 'skipped.csv', index=False)
+    return ClipCache(cache_dir)
+
+def _build_all(todo, records, spec, workers, on_error, progress):
+    "Build the shards in `todo`, in worker processes or (workers=0, or one shard) in this one."
     bar = tqdm(total=len(records), initial=len(records) - sum(len(r) for _, r in todo), unit='clip',
                desc='prepare_cache', disable=not progress)
     if workers and len(todo) > 1:
@@ -498,19 +610,12 @@ def prepare_cache(manifest: Manifest, cache_dir, spec: CacheSpec | None = None, 
     else:
         for d, r in todo: bar.update(_build_shard(str(d), r, spec.to_dict(), on_error)[0])
     bar.close()
-    index, skipped = [], []
-    for k, (d, _) in enumerate(shards):
-        info = json.loads((d / 'clips.json').read_text())
-        index += [(pos, k, row) for row, pos in enumerate(info['positions'])]
-        skipped += info['skipped']
-    index.sort()
-    idx = dict(shard=[k for _, k, _ in index], row=[r for _, _, r in index], pos=[p for p, _, _ in index],
-               shard_dirs=[d.name for d, _ in shards])
-    tmp = cache_dir / 'index.json.tmp'; tmp.write_text(json.dumps(idx)); os.replace(tmp, cache_dir / 'index.json')
-    pd.DataFrame(skipped, columns=['clip_id', 'path', 'reason']).to_csv(cache_dir / 'skipped.csv', index=False)
-    return ClipCache(cache_dir)
+
 
 # %% ../nbs/01_data.ipynb #a5e4e9a5
+class CacheError(AvcError, ValueError):
+    "A cache folder whose files do not match its index: the message names the file and how to rebuild it."
+
 class ClipCache:
     "Read-only access to a cache written by `prepare_cache`: memory-mapped uint8 frames and int16 audio."
     def __init__(self, cache_dir):
@@ -528,13 +633,77 @@ class ClipCache:
         self.clip_ids = self.manifest.df['clip_id'].tolist()
         self.splits = self.manifest.df['split'].to_numpy()
         self.skipped = pd.read_csv(self.dir / 'skipped.csv', dtype=str, keep_default_na=False)
+        self._sha256 = idx.get('sha256')
         self._maps = {}
+        self._check_shards()
+
+    def _files(self):
+        "(shard folder, file, expected shape, dtype) of every array file the index says exists."
+        s, rows = self.spec, np.bincount(self._shard, minlength=len(self._shard_dirs))
+        for k, d in enumerate(self._shard_dirs):
+            if s.video: yield d, d / 'frames.npy', (int(rows[k]), s.n_frames, s.size, s.size, 3), np.dtype(np.uint8)
+            if s.audio: yield d, d / 'audio.npy', (int(rows[k]), s.n_samples), np.dtype(np.int16)
+
+    def _damaged(self, f, d, why) -> CacheError:
+        return CacheError(f"{f}: {why}; the cache {self.dir} is damaged: delete the folder {d} and run prepare_cache "
+                          "(avc_cache) again with the same arguments, which rebuilds that shard only")
+
+    def _check_shards(self):
+        "Check every array file's header (shape, dtype) and size against the index, without reading the data."
+        for d, f, shape, dtype in self._files():
+            if not f.exists(): raise self._damaged(f, d, "file missing")
+            try:
+                with open(f, 'rb') as fh:
+                    version = np.lib.format.read_magic(fh)
+                    read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+                    got_shape, fortran, got_dtype = read(fh)
+                    offset = fh.tell()
+            except (ValueError, OSError, EOFError) as e: raise self._damaged(f, d, f"not a NumPy array file ({e})") from None
+            if tuple(got_shape) != shape or got_dtype != dtype or fortran:
+                raise self._damaged(f, d, f"holds {got_dtype} {tuple(got_shape)}, the index needs {dtype} {shape}")
+            want, size = offset + math.prod(shape) * dtype.itemsize, f.stat().st_size
+            if size != want: raise self._damaged(f, d, f"{'truncated' if size < want else 'too long'}: {size:,} bytes, "
+                                                       f"its header needs {want:,}")
+
+    def verify(self, progress: bool = False) -> list:
+        "Recompute each array file's SHA-256 and compare it with the one written at build time; the damaged files (empty: all good)."
+        if not self._sha256:
+            raise CacheError(f"{self.dir}: this cache was built without checksums (an older avc_nb); rebuild it to verify it")
+        bad = []
+        for d, f, _, _ in tqdm(list(self._files()), desc='verify', unit='file', disable=not progress):
+            h = hashlib.sha256()
+            with open(f, 'rb') as fh:
+                for block in iter(lambda: fh.read(1 << 22), b''): h.update(block)
+            if h.hexdigest() != self._sha256.get(f'{d.name}/{f.name}'): bad.append(f)
+        return bad
 
     def __len__(self): return len(self._shard)
     def __repr__(self):
         s = self.spec
-        return (f"ClipCache({len(self)} clips, {len(self.classes)} classes, {s.seconds:g} s @ {s.fps:g} fps, "
+        return (f"ClipCache({len(self)} clips, {len(self.classes)} classes, "
+                + (f"{self.n_unlabelled} unlabelled, " if self.n_unlabelled else "") + f"{s.seconds:g} s @ {s.fps:g} fps, "
                 f"{s.size}px, {s.sample_rate} Hz, {len(self.skipped)} skipped, {self.dir})")
+
+    @property
+    def n_unlabelled(self) -> int:
+        "Cached clips without a label (label -1)."
+        return int((self.labels < 0).sum())
+
+    def window_starts(self, n_frames: int | None = None, audio_samples: int | None = None,
+                      audio_offset: float = 0.0) -> tuple:
+        "First and last window start (s) that keep the whole video and audio window, audio lead included, inside the clip."
+        s = self.spec
+        T = s.n_frames if n_frames is None else int(n_frames)
+        N = s.n_samples if audio_samples is None else int(audio_samples)
+        video_s = T / s.fps if s.video else 0.0
+        audio_end = N / s.sample_rate + audio_offset if s.audio else 0.0
+        lo = max(0.0, -audio_offset) if s.audio else 0.0
+        hi = s.seconds - max(video_s, audio_end)
+        if hi < lo - 1e-9:
+            raise ValueError(f"{self.dir}: a window of {video_s:g} s of video and {N / s.sample_rate:g} s of audio starting "
+                             f"{audio_offset:+g} s from the video does not fit in the cached {s.seconds:g} s clips: it needs "
+                             f"{max(video_s, audio_end) + lo:g} s; build the cache with longer clips or shorten the windows")
+        return lo, hi
 
     def _arr(self, shard, kind):
         key = (shard, kind)
@@ -571,16 +740,22 @@ class ClipCache:
         N = s.n_samples if audio_samples is None else int(audio_samples)
         if T > s.n_frames or N > s.n_samples:
             raise ValueError(f"window of {T} frames / {N} samples is longer than the cached {s.n_frames} / {s.n_samples}")
-        # window starts: on the frame grid when there is video, on the sample grid for audio-only caches
+        # window starts: on the frame grid when there is video, on the sample grid for audio-only caches;
+        # drawn starts keep the whole audio window (its lead before the video included) inside the clip
+        if generator is not None and starts is None:
+            lo, hi = self.window_starts(T, N, audio_offset)
+            rate = s.fps if s.video else s.sample_rate
+            g_lo, g_hi = math.ceil(lo * rate - 1e-6), math.floor(hi * rate + 1e-6)
+            drawn = generator.integers(g_lo, g_hi + 1, size=len(idx))
         if s.video:
             if starts is not None: t0 = np.round(np.asarray(starts, dtype=float) * s.fps).astype(np.int64)
-            elif generator is not None: t0 = generator.integers(0, s.n_frames - T + 1, size=len(idx))
+            elif generator is not None: t0 = drawn
             else: t0 = np.zeros(len(idx), np.int64)
             t0 = np.clip(t0, 0, s.n_frames - T)
             start_s = t0 / s.fps
         else:
             if starts is not None: a = np.round(np.asarray(starts, dtype=float) * s.sample_rate).astype(np.int64)
-            elif generator is not None: a = generator.integers(0, s.n_samples - N + 1, size=len(idx))
+            elif generator is not None: a = drawn
             else: a = np.zeros(len(idx), np.int64)
             start_s = np.clip(a, 0, s.n_samples - N) / s.sample_rate
         out = dict(label=self.labels[idx], index=idx, video_index=vidx, start=start_s)
