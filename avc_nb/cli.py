@@ -13,15 +13,25 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from .core import USER_ERRORS, AvcError, _resolve_types, add_debug_option, command_errors, ensure_writable_dir
 from .sampling import STRATEGIES, SamplingSpec
-from .train import TrainConfig
+from .train import TrainConfig, TrainingDiverged
 
 # %% auto #0
 __all__ = ['apply_overrides', 'avc_cache_cli', 'train_config_from_args', 'avc_train_cli', 'avc_probe_cli', 'avc_replicate_cli']
 
 # %% ../nbs/12_cli.ipynb #74dad2b6
-def apply_overrides(d: dict, pairs) -> dict:
-    "Apply `key=value` strings (dotted keys for nested fields, values parsed as YAML) to a config dict."
+def _field_type(cls, path):
+    "The annotation of the (dotted) field `path` of config class `cls`, or None when unknown."
+    tp = cls
+    for k in path:
+        hints = _resolve_types(tp) if dataclasses.is_dataclass(tp) else {}
+        if k not in hints: return None
+        tp = hints[k]
+    return tp
+
+def apply_overrides(d: dict, pairs, config_cls=None) -> dict:
+    "Apply `key=value` strings (dotted keys for nested fields, values parsed as YAML; kept as text for `str` fields of `config_cls`)."
     d = dict(d)
     for pair in pairs or []:
         if '=' not in pair: raise ValueError(f"--set expects key=value, got {pair!r}")
@@ -31,7 +41,10 @@ def apply_overrides(d: dict, pairs) -> dict:
         for k in path:
             if not isinstance(node.get(k), dict): raise ValueError(f"--set {key}: {k!r} is not a nested section")
             node[k] = dict(node[k]); node = node[k]
-        node[last] = yaml.safe_load(val)
+        if config_cls is not None and _field_type(config_cls, [*path, last]) is str: node[last] = val
+        else:
+            try: node[last] = yaml.safe_load(val)
+            except yaml.YAMLError: node[last] = val  # not YAML: the text itself, which the config then checks
     return d
 
 # %% ../nbs/12_cli.ipynb #ada7f5f5
@@ -39,8 +52,9 @@ def _cache_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog='avc_cache', description=(
         "Decode every clip of a dataset once into a memory-mapped cache (notebook 01). Resumable: "
         "run it again after an interruption and it continues."), formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument('data', help='a manifest CSV, or a dataset folder (its manifest.csv if present, else <label>/<clip> files)')
-    p.add_argument('cache_dir', help='where to write the cache')
+    p.add_argument('data', nargs='?', help='a manifest CSV, or a dataset folder (its manifest.csv if present, else <label>/<clip> files)')
+    p.add_argument('cache_dir', nargs='?', help='where to write the cache')
+    p.add_argument('--verify', metavar='CACHE_DIR', help='check a finished cache against the checksums written when it was built, and stop')
     p.add_argument('--seconds', type=float, default=2.0, help='seconds stored per clip, from its start')
     p.add_argument('--fps', type=float, default=8.0, help='frames per second stored')
     p.add_argument('--size', type=int, default=64, help='frame size in pixels (shorter side resized, centre crop)')
@@ -48,19 +62,31 @@ def _cache_parser() -> argparse.ArgumentParser:
     p.add_argument('--no-video', action='store_true', help='audio only (for audio datasets)')
     p.add_argument('--workers', type=int, default=2, help='decoding processes')
     p.add_argument('--on-error', choices=['raise', 'skip'], default='raise', help='stop at a broken clip, or skip and list it')
-    return p
+    return add_debug_option(p)
 
+def _verify_cache(cache_dir):
+    from avc_nb.data import ClipCache
+    cache = ClipCache(cache_dir)  # sizes and headers first
+    bad = cache.verify(progress=sys.stderr.isatty())
+    if bad:
+        shards = sorted({str(f.parent) for f in bad})
+        raise AvcError(f"{cache_dir}: {len(bad)} damaged file(s) ({', '.join(map(str, bad))}); delete the shard folder(s) "
+                       f"{', '.join(shards)} and run avc_cache again with the same arguments to rebuild them")
+    print(f"{cache}: every shard file matches its checksum")
+
+@command_errors('avc_cache')
 def avc_cache_cli(argv=None):
     "Entry point of `avc_cache`."
-    a = _cache_parser().parse_args(argv)
-    from avc_nb.data import CacheSpec, ClipError, prepare_cache, read_folder, read_manifest
+    p = _cache_parser(); a = p.parse_args(argv)
+    if a.verify: return _verify_cache(a.verify)
+    if not (a.data and a.cache_dir): p.error("give DATA and CACHE_DIR (or --verify CACHE_DIR)")
+    from avc_nb.data import CacheSpec, prepare_cache, read_folder, read_manifest
     src = Path(a.data)
-    try:
-        man = read_manifest(src if src.is_file() else src / 'manifest.csv') if (src.is_file() or (src / 'manifest.csv').exists()) \
-            else read_folder(src)
-        spec = CacheSpec(seconds=a.seconds, fps=a.fps, size=a.size, sample_rate=a.sample_rate, video=not a.no_video)
-        cache = prepare_cache(man, a.cache_dir, spec, workers=a.workers, on_error=a.on_error)
-    except (ClipError, ValueError, FileNotFoundError) as e: sys.exit(f"avc_cache: {e}")
+    man = read_manifest(src if src.is_file() else src / 'manifest.csv') if (src.is_file() or (src / 'manifest.csv').exists()) \
+        else read_folder(src)
+    spec = CacheSpec(seconds=a.seconds, fps=a.fps, size=a.size, sample_rate=a.sample_rate, video=not a.no_video)
+    ensure_writable_dir(a.cache_dir, 'cache folder')
+    cache = prepare_cache(man, a.cache_dir, spec, workers=a.workers, on_error=a.on_error)
     print(cache)
     if len(cache.skipped): print(cache.skipped.to_string(index=False))
 
@@ -90,7 +116,7 @@ def _train_parser() -> argparse.ArgumentParser:
     p.add_argument('--no-resume', action='store_true', help='start from scratch even if the run folder has a checkpoint')
     p.add_argument('--pseudo-labels', help='a .npy file with one pseudo-label per cached clip (pseudo-label strategy)')
     p.add_argument('--print-config', action='store_true', help='print the resulting config as YAML and exit')
-    return p
+    return add_debug_option(p)
 
 def train_config_from_args(a) -> TrainConfig:
     "The TrainConfig that `avc_train`'s parsed arguments describe."
@@ -102,14 +128,18 @@ def train_config_from_args(a) -> TrainConfig:
         if getattr(a, opt) is not None: d[key] = getattr(a, opt)
     for opt, key in [('p', 'p'), ('noise_fraction', 'noise_fraction'), ('batch_size', 'batch_size')]:
         if getattr(a, opt) is not None: d['sampling'] = {**d['sampling'], key: getattr(a, opt)}
-    return TrainConfig.from_dict(apply_overrides(d, a.set))
+    return TrainConfig.from_dict(apply_overrides(d, a.set, TrainConfig))
 
+@command_errors('avc_train', USER_ERRORS + (TrainingDiverged,))
 def avc_train_cli(argv=None):
     "Entry point of `avc_train`."
     a = _train_parser().parse_args(argv)
-    try: cfg = train_config_from_args(a)
-    except (ValueError, TypeError, FileNotFoundError) as e: sys.exit(f"avc_train: {e}")
+    cfg = train_config_from_args(a)
     if a.print_config: print(cfg.to_yaml(), end=''); return
+    if not cfg.cache_dir: raise AvcError("no cache given: pass --cache-dir CACHE_DIR (made by avc_cache), or a --config whose cache_dir is set")
+    if not (Path(cfg.cache_dir) / 'index.json').exists():
+        raise AvcError(f"{cfg.cache_dir}: no finished cache there (index.json missing); make one with avc_cache DATA {cfg.cache_dir}")
+    ensure_writable_dir(cfg.out_dir, 'run folder')
     from avc_nb.train import Trainer
     pseudo = np.load(a.pseudo_labels) if a.pseudo_labels else None
     t = Trainer(cfg, pseudo=pseudo)
@@ -135,22 +165,21 @@ def _probe_parser() -> argparse.ArgumentParser:
     p.add_argument('--seed', type=int, default=0, help='seed of the train/val/test split and the probe')
     p.add_argument('--device', help='cpu, cuda, ... (default: the best available)')
     p.add_argument('--out', help='folder for probe.csv and the confusion figure (default: next to the checkpoint)')
-    return p
+    return add_debug_option(p)
 
+@command_errors('avc_probe')
 def avc_probe_cli(argv=None):
     "Entry point of `avc_probe`."
     a = _probe_parser().parse_args(argv)
     from avc_nb.data import ClipCache
     from avc_nb.probe import probe_encoder, results_table
     from avc_nb.train import load_model
-    try:
-        model, cfg = load_model(a.checkpoint, device=a.device)
-        cache = ClipCache(a.cache or cfg.cache_dir)
-    except (FileNotFoundError, ValueError, KeyError) as e: sys.exit(f"avc_probe: {e}")
+    out = ensure_writable_dir(Path(a.out) if a.out else Path(a.checkpoint).parent, 'output folder')
+    try: model, cfg = load_model(a.checkpoint, device=a.device)
+    except KeyError as e: raise AvcError(f"{a.checkpoint}: not a readable avc_nb checkpoint (no {e} in it)") from None
+    cache = ClipCache(a.cache or cfg.cache_dir)
     res = probe_encoder(model, cache, a.modality, methods=a.methods, seed=a.seed, device=a.device,
                         linear_kwargs=dict(epochs=a.epochs, lr=a.lr), knn_kwargs=dict(k=a.k))
-    out = Path(a.out) if a.out else Path(a.checkpoint).parent
-    out.mkdir(parents=True, exist_ok=True)
     table = results_table(res)
     table.to_csv(out / f'probe_{a.modality}.csv')
     print(table[['top1', 'mean_per_class', 'chance', 'n_test']].to_string())
@@ -174,23 +203,23 @@ def _replicate_parser() -> argparse.ArgumentParser:
     p.add_argument('--out', help='output folder (results.csv, table.md, figure.png, runs/)')
     p.add_argument('--config', help='a ReplicateConfig YAML (an output folder\'s replicate.yaml)')
     p.add_argument('--set', action='append', default=[], metavar='KEY=VALUE', help='change any ReplicateConfig field; repeatable')
-    return p
+    return add_debug_option(p)
 
+@command_errors('avc_replicate')
 def avc_replicate_cli(argv=None):
     "Entry point of `avc_replicate`."
     a = _replicate_parser().parse_args(argv)
     from avc_nb.replicate import ReplicateConfig, replicate
-    try:
-        base = ReplicateConfig.from_yaml(a.config) if a.config else (ReplicateConfig.quick() if a.quick else ReplicateConfig())
-        d = base.to_dict()
-        if a.out: d['out_dir'] = a.out
-        elif not a.config: d['out_dir'] = 'runs/replicate-quick' if a.quick else 'runs/replicate'
-        if a.seeds: d['seeds'] = list(range(a.seeds))
-        if a.variants: d['variants'] = a.variants
-        if a.sizes: d['sizes'] = a.sizes
-        if a.epochs: d['epochs'] = a.epochs
-        cfg = ReplicateConfig.from_dict(apply_overrides(d, a.set))
-    except (ValueError, TypeError, FileNotFoundError) as e: sys.exit(f"avc_replicate: {e}")
+    base = ReplicateConfig.from_yaml(a.config) if a.config else (ReplicateConfig.quick() if a.quick else ReplicateConfig())
+    d = base.to_dict()
+    if a.out: d['out_dir'] = a.out
+    elif not a.config: d['out_dir'] = 'runs/replicate-quick' if a.quick else 'runs/replicate'
+    if a.seeds: d['seeds'] = list(range(a.seeds))
+    if a.variants: d['variants'] = a.variants
+    if a.sizes: d['sizes'] = a.sizes
+    if a.epochs: d['epochs'] = a.epochs
+    cfg = ReplicateConfig.from_dict(apply_overrides(d, a.set, ReplicateConfig))
+    ensure_writable_dir(cfg.out_dir, 'output folder')
     import time
     t0 = time.perf_counter()
     replicate(cfg)
