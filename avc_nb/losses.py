@@ -13,9 +13,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 # %% auto #0
-__all__ = ['SOFT_TARGET_MODES', 'l2_normalize', 'positive_mask', 'infonce', 'AVCClassifier', 'avc_binary_loss', 'pair_similarity',
-           'FaultyPositiveWeights', 'weighted_infonce', 'soft_targets', 'soft_target_infonce', 'MemoryBank',
-           'gather_with_grad']
+__all__ = ['MULTI_POSITIVE_MODES', 'SOFT_TARGET_MODES', 'l2_normalize', 'positive_mask', 'infonce', 'AVCClassifier',
+           'avc_binary_loss', 'pair_similarity', 'FaultyPositiveWeights', 'weighted_infonce', 'soft_targets',
+           'soft_target_infonce', 'MemoryBank', 'gather_with_grad']
 
 # %% ../nbs/06_losses.ipynb #6b6e8685
 def l2_normalize(x: torch.Tensor, dim: int = -1, eps: float = 1e-12) -> torch.Tensor:
@@ -25,13 +25,15 @@ def l2_normalize(x: torch.Tensor, dim: int = -1, eps: float = 1e-12) -> torch.Te
     return y / y.norm(dim=dim, keepdim=True).clamp_min(eps)
 
 # %% ../nbs/06_losses.ipynb #bc2c1b4e
+MULTI_POSITIVE_MODES = ('milnce', 'supcon')
+
 def positive_mask(ids: torch.Tensor, other_ids: torch.Tensor | None = None) -> torch.Tensor:
-    "Boolean mask `P[i, j] = ids[i] == other_ids[j]` (`other_ids` defaults to `ids`)."
+    "Boolean mask `P[i, j] = ids[i] == other_ids[j]` (`other_ids` defaults to `ids`); negative ids (-1: unlabelled) match nothing."
     ids = torch.as_tensor(ids)
     other_ids = ids if other_ids is None else torch.as_tensor(other_ids, device=ids.device)
     if ids.dim() != 1 or other_ids.dim() != 1:
         raise ValueError(f"positive_mask: ids must be 1-d index vectors, got shapes {tuple(ids.shape)} and {tuple(other_ids.shape)}")
-    return ids[:, None] == other_ids[None, :]
+    return (ids[:, None] == other_ids[None, :]) & (ids[:, None] >= 0)
 
 def _at_least_f32(x: torch.Tensor) -> torch.Tensor:
     "Upcast half/bfloat16 scores to float32 for softmax and logsumexp; float64 stays float64."
@@ -42,8 +44,12 @@ def _check_pair(a, v, fn):
         raise ValueError(f"{fn}: a and v must both be (B, D) with the same shape, got {tuple(a.shape)} and {tuple(v.shape)}")
     if a.shape[0] < 2: raise ValueError(f"{fn}: need at least 2 pairs in the batch to have negatives, got {a.shape[0]}")
 
-def _multi_pos_ce(logits: torch.Tensor, pos_mask: torch.Tensor | None) -> torch.Tensor:
-    "Per-row -log(sum_pos exp / sum_all exp); diagonal positives when `pos_mask` is None."
+def _check_multi_positive(multi_positive: str, fn: str):
+    if multi_positive not in MULTI_POSITIVE_MODES:
+        raise ValueError(f"{fn}: multi_positive must be one of {list(MULTI_POSITIVE_MODES)}, got {multi_positive!r}")
+
+def _multi_pos_ce(logits: torch.Tensor, pos_mask: torch.Tensor | None, multi_positive: str = 'milnce') -> torch.Tensor:
+    "Per-row loss: -log(sum_pos exp / sum_all exp) ('milnce') or -mean_pos log softmax ('supcon'); diagonal positives when `pos_mask` is None."
     lse = torch.logsumexp(logits, dim=1)
     if pos_mask is None: return lse - logits.diagonal()
     pos_mask = pos_mask.to(device=logits.device, dtype=torch.bool)
@@ -51,7 +57,8 @@ def _multi_pos_ce(logits: torch.Tensor, pos_mask: torch.Tensor | None) -> torch.
         raise ValueError(f"pos_mask must have shape {tuple(logits.shape)}, got {tuple(pos_mask.shape)}")
     empty = (~pos_mask.any(dim=1)).nonzero().flatten()
     if len(empty): raise ValueError(f"pos_mask: rows {empty.tolist()[:10]} have no positive")
-    pos = torch.logsumexp(logits.masked_fill(~pos_mask, float('-inf')), dim=1)
+    if multi_positive == 'milnce': pos = torch.logsumexp(logits.masked_fill(~pos_mask, float('-inf')), dim=1)
+    else: pos = logits.masked_fill(~pos_mask, 0.).sum(1) / pos_mask.sum(1)
     return lse - pos
 
 def _reduce(rows: torch.Tensor, reduction: str) -> torch.Tensor:
@@ -61,11 +68,13 @@ def _reduce(rows: torch.Tensor, reduction: str) -> torch.Tensor:
     raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
 
 def infonce(a: torch.Tensor, v: torch.Tensor, tau: float = 0.07,
-            pos_mask: torch.Tensor | None = None, reduction: str = 'mean') -> torch.Tensor:
-    "Symmetric in-batch InfoNCE between audio `a` (B, D) and video `v` (B, D), both directions averaged."
+            pos_mask: torch.Tensor | None = None, reduction: str = 'mean', multi_positive: str = 'milnce') -> torch.Tensor:
+    "Symmetric in-batch InfoNCE between audio `a` (B, D) and video `v` (B, D), both directions averaged; `multi_positive` scores several positives."
     _check_pair(a, v, 'infonce')
+    _check_multi_positive(multi_positive, 'infonce')
     logits = _at_least_f32(l2_normalize(a) @ l2_normalize(v).T) / tau
-    rows = 0.5 * (_multi_pos_ce(logits, pos_mask) + _multi_pos_ce(logits.T, None if pos_mask is None else pos_mask.T))
+    rows = 0.5 * (_multi_pos_ce(logits, pos_mask, multi_positive)
+                  + _multi_pos_ce(logits.T, None if pos_mask is None else pos_mask.T, multi_positive))
     return _reduce(rows, reduction)
 
 # %% ../nbs/06_losses.ipynb #ad97c12f
@@ -145,9 +154,9 @@ def _weighted_mean(rows: torch.Tensor, weights: torch.Tensor | None, fn: str) ->
     return (w * rows).sum() / w.sum()
 
 def weighted_infonce(a: torch.Tensor, v: torch.Tensor, tau: float = 0.07, weights: torch.Tensor | None = None,
-                     pos_mask: torch.Tensor | None = None) -> torch.Tensor:
+                     pos_mask: torch.Tensor | None = None, multi_positive: str = 'milnce') -> torch.Tensor:
     "Robust xID weighted InfoNCE: sum_i w_i L_i / sum_i w_i with detached per-pair weights (None: plain mean)."
-    return _weighted_mean(infonce(a, v, tau, pos_mask, reduction='none'), weights, 'weighted_infonce')
+    return _weighted_mean(infonce(a, v, tau, pos_mask, reduction='none', multi_positive=multi_positive), weights, 'weighted_infonce')
 
 # %% ../nbs/06_losses.ipynb #9ab034ca
 SOFT_TARGET_MODES = ('bootstrap', 'swapped', 'cycle')
@@ -222,7 +231,8 @@ class MemoryBank(nn.Module):
         "(B, n) indices drawn uniformly with replacement from all items except each row's own `idx`."
         idx = self._check_idx(idx)
         n = self.n_negatives if n is None else n
-        r = torch.randint(0, self.n_items - 1, (len(idx), n), generator=generator).to(idx.device)
+        dev = generator.device if generator is not None else torch.device('cpu')   # draw where the generator lives
+        r = torch.randint(0, self.n_items - 1, (len(idx), n), generator=generator, device=dev).to(idx.device)
         return r + (r >= idx[:, None]).long()
 
     @torch.no_grad()
@@ -238,8 +248,13 @@ class MemoryBank(nn.Module):
     def loss(self, a: torch.Tensor, v: torch.Tensor, idx: torch.Tensor, negatives: torch.Tensor | None = None,
              generator: torch.Generator | None = None, weights: torch.Tensor | None = None, lam: float = 0.0,
              mode: str = 'bootstrap', t_s: float = 0.02, t_t: float = 0.07, within: str = 'query',
-             reduction: str = 'mean') -> torch.Tensor:
-        "Cross-modal NCE against the bank (audio vs video memory and vice versa), optional robust xID weights / soft targets."
+             reduction: str = 'mean', soft_mode: str | None = None) -> torch.Tensor:
+        "Cross-modal NCE against the bank, optional robust xID `weights` (faulty positives) and soft targets (`lam`, `soft_mode`; `mode` is its older name)."
+        if soft_mode is not None:
+            if mode != 'bootstrap' and mode != soft_mode:
+                raise ValueError(f"MemoryBank.loss: soft_mode={soft_mode!r} and mode={mode!r} disagree; give one of them")
+            mode = soft_mode
+        if mode not in SOFT_TARGET_MODES: raise ValueError(f"MemoryBank.loss: soft_mode must be one of {SOFT_TARGET_MODES}, got {mode!r}")
         if a.dim() != 2 or a.shape != v.shape or a.shape[1] != self.dim:
             raise ValueError(f"MemoryBank.loss: a and v must both be (B, {self.dim}), got {tuple(a.shape)} and {tuple(v.shape)}")
         idx = self._check_idx(idx)
@@ -262,10 +277,19 @@ class MemoryBank(nn.Module):
 
 # %% ../nbs/06_losses.ipynb #bd407358
 def gather_with_grad(x: torch.Tensor, group=None) -> torch.Tensor:
-    "Concatenate `x` from all processes along dim 0, keeping the local gradient path; `x` itself when not distributed."
+    "Concatenate `x` (shards of any length along dim 0) from all processes, keeping the local gradient path; `x` itself when not distributed."
     if not (dist.is_available() and dist.is_initialized()): return x
-    world = dist.get_world_size(group)
-    parts = [torch.empty_like(x) for _ in range(world)]
-    dist.all_gather(parts, x.detach().contiguous(), group=group)
-    parts[dist.get_rank(group)] = x
+    if x.dim() == 0: raise ValueError("gather_with_grad: x must have a batch dimension (dim 0), got a 0-d tensor")
+    world, rank = dist.get_world_size(group), dist.get_rank(group)
+    n = torch.tensor([x.shape[0]], dtype=torch.long, device=x.device)
+    sizes = [torch.zeros_like(n) for _ in range(world)]
+    dist.all_gather(sizes, n, group=group)                          # every shard's length
+    sizes = [int(s) for s in sizes]
+    m = max(sizes)
+    local = x.detach()
+    if local.shape[0] < m: local = torch.cat([local, local.new_zeros((m - local.shape[0], *local.shape[1:]))])
+    parts = [torch.empty_like(local) for _ in range(world)]
+    dist.all_gather(parts, local.contiguous(), group=group)
+    parts = [p[:s] for p, s in zip(parts, sizes)]                   # drop the padding
+    parts[rank] = x                                                 # the local shard keeps its autograd history
     return torch.cat(parts, dim=0)
