@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
+from .core import add_debug_option, command_errors
 from .data import Manifest, write_clip, write_manifest
 
 # %% auto #0
@@ -448,6 +449,7 @@ def _summary(man: Manifest, out: Path, secs: float) -> str:
              f"  classes: {', '.join(man.classes)}"]
     return '\n'.join(lines)
 
+@command_errors('avc_synth')
 def avc_synth_cli(argv=None) -> None:
     "Write the synthetic audio-visual dataset from the command line and print a summary (`argv`: for tests)."
     ap = argparse.ArgumentParser(prog='avc_synth', description=(
@@ -483,15 +485,13 @@ def avc_synth_cli(argv=None) -> None:
     ap.add_argument('--workers', type=int, default=1, help="worker processes for rendering and encoding")
     ap.add_argument('--overwrite', action='store_true', help="replace OUT_DIR if it holds a previous synthetic set")
     ap.add_argument('--quiet', action='store_true', help="no progress bar")
-    a = ap.parse_args(argv)
+    a = add_debug_option(ap).parse_args(argv)
     try: splits = tuple(float(s) for s in a.splits.split(','))
     except ValueError: ap.error(f"--splits must be comma-separated numbers, got {a.splits!r}")
     t0 = time.time()
-    try:
-        man = make_synthetic(a.out_dir, n_classes=a.classes, clips_per_class=a.clips_per_class, seconds=a.seconds, fps=a.fps,
-                             size=a.size, sample_rate=a.sample_rate, seed=a.seed, offscreen_fraction=a.offscreen,
-                             max_sources=a.max_sources, class_offset=a.class_offset, splits=splits, n_contexts=a.contexts,
-                             context_strength=a.context_strength, variation=a.variation, ground_truth=a.ground_truth, workers=a.workers,
-                             progress=not a.quiet, overwrite=a.overwrite)
-    except (ValueError, FileExistsError) as e: ap.error(str(e))
+    man = make_synthetic(a.out_dir, n_classes=a.classes, clips_per_class=a.clips_per_class, seconds=a.seconds, fps=a.fps,
+                         size=a.size, sample_rate=a.sample_rate, seed=a.seed, offscreen_fraction=a.offscreen,
+                         max_sources=a.max_sources, class_offset=a.class_offset, splits=splits, n_contexts=a.contexts,
+                         context_strength=a.context_strength, variation=a.variation, ground_truth=a.ground_truth, workers=a.workers,
+                         progress=not a.quiet, overwrite=a.overwrite)
     print(_summary(man, Path(a.out_dir), time.time() - t0))
