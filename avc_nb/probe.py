@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from .core import autocast
 
 # %% auto #0
-__all__ = ['MODALITIES', 'confusion_matrix', 'per_class_accuracy', 'ProbeResult', 'ProbeSplit', 'probe_split',
+__all__ = ['MODALITIES', 'AGGREGATES', 'confusion_matrix', 'per_class_accuracy', 'ProbeResult', 'ProbeSplit', 'probe_split',
            'feature_fingerprint', 'extract_features', 'Standardize', 'linear_probe', 'knn_probe', 'probe_encoder',
            'results_table', 'finetune_probe']
 
@@ -192,6 +192,29 @@ def _encode_windows(model, clips: torch.Tensor, modality: str, starts, win: int,
     f = model.encode_audio(x, head=head) if modality == 'audio' else model.encode_video(x, head=head)
     return f.float().view(B, K, -1).mean(1)
 
+AGGREGATES = ('mean', 'maxpool')
+
+def _check_aggregate(aggregate: str) -> str:
+    if aggregate not in AGGREGATES: raise ValueError(f"aggregate must be 'mean' or 'maxpool', got {aggregate!r}")
+    return aggregate
+
+@contextmanager
+def _whole_clips(model):
+    "Let `model.encode_audio` take a whole clip: its `n_audio_frames` cut is lifted inside the block."
+    keep = getattr(model, 'n_audio_frames', None)
+    if keep is not None: model.n_audio_frames = None
+    try: yield
+    finally:
+        if keep is not None: model.n_audio_frames = keep
+
+def _encode_clips(model, clips: torch.Tensor, modality: str, starts, win: int, head: bool = False,
+                  aggregate: str = 'mean') -> torch.Tensor:
+    "Raw clips -> (B, d): the mean of the windows' embeddings ('mean') or the whole clip through the encoder ('maxpool')."
+    if aggregate == 'mean': return _encode_windows(model, clips, modality, starts, win, head)
+    with _whole_clips(model):
+        f = model.encode_audio(clips, head=head) if modality == 'audio' else model.encode_video(clips, head=head)
+    return f.float()
+
 def _model_device(model) -> torch.device:
     p = next(iter(model.parameters()), None)
     return p.device if p is not None else torch.device('cpu')
@@ -222,18 +245,24 @@ def feature_fingerprint(model: nn.Module, cache, indices, **settings) -> str:
 
 def extract_features(model: nn.Module, cache, indices=None, modality: str = 'audio', batch_size: int = 64,
                      device=None, windows='center', head: bool = False, audio_seconds: float = 1.0,
-                     video_frames: int = 8, cache_path=None, progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+                     video_frames: int = 8, cache_path=None, progress: bool = False,
+                     aggregate: str = 'mean') -> tuple[np.ndarray, np.ndarray]:
     "Frozen features float32 (n, d) and labels int64 (n,) of cached clips; `cache_path` (a folder) keeps them on disk."
     idx = _check_indices(cache, indices)
     if batch_size < 1: raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-    win, length = _window_length(model, cache, modality, audio_seconds, video_frames)
-    starts = _window_starts(length, win, windows)
+    if _check_aggregate(aggregate) == 'maxpool':  # one input: the whole clip
+        _window_length(model, cache, modality, 0.0, 1)  # the cache holds the modality, the model's sample rate fits
+        win = length = cache.spec.n_samples if modality == 'audio' else cache.spec.n_frames
+        starts = np.array([0])
+    else:
+        win, length = _window_length(model, cache, modality, audio_seconds, video_frames)
+        starts = _window_starts(length, win, windows)
     dev = torch.device(device) if device is not None else _model_device(model)
     labels = np.asarray(cache.labels)[idx].astype(np.int64)
     file = fp = None
     if cache_path is not None:
         fp = feature_fingerprint(model, cache, idx, modality=modality, starts=starts.tolist(), win=win, head=head,
-                                 device_type=dev.type)
+                                 device_type=dev.type, aggregate=aggregate)
         file = Path(cache_path) / f"{modality}_{fp[:24]}.npz"
         if file.exists():
             with np.load(file) as z:
@@ -247,7 +276,7 @@ def extract_features(model: nn.Module, cache, indices=None, modality: str = 'aud
             for s in tqdm(range(0, len(idx), per_batch), desc=f'{modality} features', unit='batch', disable=not progress):
                 b = cache.batch(idx[s:s + per_batch])
                 x = torch.from_numpy(b['audio' if modality == 'audio' else 'frames']).to(dev, non_blocking=True)
-                out.append(_encode_windows(model, x, modality, starts, win, head).cpu())
+                out.append(_encode_clips(model, x, modality, starts, win, head, aggregate).cpu())
     finally: model.train(was_training)
     feats = torch.cat(out).numpy().astype(np.float32)
     if file is not None:
@@ -366,7 +395,7 @@ def knn_probe(train_x, train_y, test_x, test_y, k: int = 20, temperature: float 
 def probe_encoder(model: nn.Module, cache, modality: str = 'audio', split: ProbeSplit | None = None,
                   methods=('linear', 'knn'), labels=None, windows='all', cache_path=None, seed: int = 0,
                   batch_size: int = 64, device=None, linear_kwargs: dict | None = None,
-                  knn_kwargs: dict | None = None, **feature_kwargs) -> dict:
+                  knn_kwargs: dict | None = None, aggregate: str = 'mean', **feature_kwargs) -> dict:
     "Frozen-feature probes of one encoder of `model` on a cache: {method: ProbeResult}."
     unknown = set(methods) - {'linear', 'knn'}
     if unknown: raise ValueError(f"unknown probe method(s) {sorted(unknown)}; use 'linear' and/or 'knn'")
@@ -374,12 +403,14 @@ def probe_encoder(model: nn.Module, cache, modality: str = 'audio', split: Probe
     if len(y_all) != len(cache): raise ValueError(f"labels has {len(y_all)} entries for a cache of {len(cache)} clips")
     split = split or probe_split(cache, seed=seed)
     idx = np.concatenate([split.train, split.val, split.test])
-    x, _ = extract_features(model, cache, idx, modality, batch_size, device, windows, cache_path=cache_path, **feature_kwargs)
+    x, _ = extract_features(model, cache, idx, modality, batch_size, device, windows, cache_path=cache_path,
+                            aggregate=aggregate, **feature_kwargs)
     n_tr, n_va = len(split.train), len(split.val)
     parts = dict(train=(x[:n_tr], y_all[split.train]), val=(x[n_tr:n_tr + n_va], y_all[split.val]),
                  test=(x[n_tr + n_va:], y_all[split.test]))
     C = int(y_all.max()) + 1
-    info = dict(modality=modality, windows=str(windows), n_train=n_tr)
+    info = dict(modality=modality, aggregate=aggregate, windows=str(windows) if aggregate == 'mean' else 'whole clip',
+                n_train=n_tr)
     out = {}
     if 'linear' in methods:
         r = linear_probe(*parts['train'], *parts['val'], *parts['test'], n_classes=C, seed=seed, device=device,
@@ -405,7 +436,7 @@ def finetune_probe(model: nn.Module, cache, train_idx, val_idx, test_idx=None, m
                    epochs: int = 30, lr: float = 1e-4, weight_decay: float = 1e-4, batch_size: int = 64,
                    dropout: float = 0.5, patience: int | None = None, eval_windows='all', audio_seconds: float = 1.0,
                    video_frames: int = 8, labels=None, n_classes: int | None = None, device=None, seed: int = 0,
-                   progress: bool = False) -> ProbeResult:
+                   progress: bool = False, aggregate: str = 'mean') -> ProbeResult:
     "P1 fine-tuning: a copy of the encoder + dropout + linear trained on random windows; the lowest-validation-loss epoch is kept."
     if epochs < 1 or batch_size < 1: raise ValueError(f"epochs and batch_size must be >= 1, got {epochs}, {batch_size}")
     sets = dict(train=_check_indices(cache, train_idx), val=_check_indices(cache, val_idx))
@@ -415,7 +446,7 @@ def finetune_probe(model: nn.Module, cache, train_idx, val_idx, test_idx=None, m
     C = int(max(y_all[i].max() for i in sets.values())) + 1 if n_classes is None else int(n_classes)
     for k, i in sets.items(): _as_labels(y_all[i], f"labels of the {k} clips", C)
     win, length = _window_length(model, cache, modality, audio_seconds, video_frames)
-    eval_starts = _window_starts(length, win, eval_windows)
+    eval_starts = _window_starts(length, win, eval_windows) if _check_aggregate(aggregate) == 'mean' else np.array([0])
     dev = torch.device(device) if device is not None else _model_device(model)
     key = 'audio' if modality == 'audio' else 'frames'
     rng = np.random.default_rng(seed)
@@ -433,7 +464,7 @@ def finetune_probe(model: nn.Module, cache, train_idx, val_idx, test_idx=None, m
             with torch.no_grad(), autocast(dev):
                 for s in range(0, len(idx), max(1, batch_size // len(eval_starts))):
                     x = torch.from_numpy(cache.batch(idx[s:s + max(1, batch_size // len(eval_starts))])[key]).to(dev)
-                    logits.append(clf(_encode_windows(net, x, modality, eval_starts, win)).float())
+                    logits.append(clf(_encode_clips(net, x, modality, eval_starts, win, False, aggregate)).float())
             logits = torch.cat(logits)
             y = torch.from_numpy(y_all[idx]).to(dev)
             return F.cross_entropy(logits, y).item(), logits.argmax(1)
@@ -468,4 +499,5 @@ def finetune_probe(model: nn.Module, cache, train_idx, val_idx, test_idx=None, m
         _, pred = evaluate(sets[on])
     return _result('finetune', y_all[sets[on]], pred.cpu().numpy(), C, best_epoch=best_epoch, train_loss=train_loss,
                    val_loss=val_loss, val_top1=val_top1, model=both.cpu().eval(),
-                   info=dict(evaluated_on=on, n_train=len(sets['train']), modality=modality, windows=str(eval_windows)))
+                   info=dict(evaluated_on=on, n_train=len(sets['train']), modality=modality, aggregate=aggregate,
+                             windows=str(eval_windows) if aggregate == 'mean' else 'whole clip'))
