@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch.utils.data import Sampler
 
-from .core import Config
+from .core import Config, ConfigError
 
 # %% auto #0
 __all__ = ['BATCH_KINDS', 'PAIRINGS', 'LABEL_SOURCES', 'LOSSES', 'STRATEGIES', 'BATCH_SAMPLERS', 'as_labels', 'ClassIndex',
@@ -213,19 +213,24 @@ class SamplingSpec(Config):
     noise_fraction: float = 0.0
     loss: str = 'contrastive'
     batch_size: int = 309
-    drop_last: bool = False
+    drop_last: bool = True
 
     def __post_init__(self):
+        super().__post_init__()                                   # field types (core's Config)
         for field, allowed in (('batch', BATCH_KINDS), ('pairing', PAIRINGS), ('labels', LABEL_SOURCES), ('loss', LOSSES)):
             if getattr(self, field) not in allowed:
-                raise ValueError(f"SamplingSpec: {field}={getattr(self, field)!r} is not one of {list(allowed)}")
-        if not 0.0 <= float(self.p) <= 1.0: raise ValueError(f"SamplingSpec: p must be in [0, 1], got {self.p}")
-        if not 0.0 <= float(self.noise_fraction) <= 1.0:
-            raise ValueError(f"SamplingSpec: noise_fraction must be in [0, 1], got {self.noise_fraction}")
+                raise ConfigError(f"SamplingSpec.{field}: expected one of {list(allowed)}, got {getattr(self, field)!r}")
+        for field in ('p', 'noise_fraction'):
+            v = getattr(self, field)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= v <= 1.0:
+                raise ConfigError(f"SamplingSpec.{field}: must be in [0, 1], got {v!r}")
         if self.noise_fraction > 0 and self.labels != 'noisy':
-            raise ValueError(f"SamplingSpec: noise_fraction={self.noise_fraction} has no effect unless labels='noisy'")
-        if int(self.batch_size) != self.batch_size or self.batch_size < 1:
-            raise ValueError(f"SamplingSpec: batch_size must be a positive integer, got {self.batch_size}")
+            raise ConfigError(f"SamplingSpec.noise_fraction: {self.noise_fraction} has no effect unless labels='noisy'")
+        bs = self.batch_size
+        if isinstance(bs, bool) or not isinstance(bs, (int, float)) or int(bs) != bs or bs < 2:
+            raise ConfigError(f"SamplingSpec.batch_size: must be an integer >= 2 (a batch of one clip has no negative), got {bs!r}")
+        self.batch_size = int(bs)
+        if not isinstance(self.drop_last, bool): raise ConfigError(f"SamplingSpec.drop_last: must be True or False, got {self.drop_last!r}")
 
     @property
     def supervised(self) -> bool:
@@ -245,7 +250,7 @@ class SamplingSpec(Config):
         return cls(**{'name': strategy, **STRATEGIES[strategy], **overrides})
 
 def paper_variants(batch_size: int = 309) -> dict[str, SamplingSpec]:
-    "The eight rows of the paper's results table (PUBLISHED.md section 1) as specs."
+    "The eight rows of the paper's results table (references notebook, P1 results) as specs."
     rows = {'Random': ('random', {}), 'Easy-negative': ('easy-negative', {}), 'Hard-negative': ('hard-negative', {}),
             'Soft-positive 50%': ('soft-positive', dict(p=0.5)), 'Soft-positive': ('soft-positive', {}),
             'SP70': ('label-noise', dict(noise_fraction=0.3)), 'PL-soft-positive': ('pseudo-label', {}),
@@ -268,11 +273,11 @@ def keyed_generator(*parts) -> torch.Generator:
 class LabelBatchSampler(Sampler):
     "Base of the batch samplers: reproducible epochs, mid-epoch resume, DDP sharding. Subclasses define `_make_batches`."
     kind = 'base'
-    def __init__(self, labels, batch_size: int, drop_last: bool = False, seed: int = 0,
+    def __init__(self, labels, batch_size: int, drop_last: bool = True, seed: int = 0,
                  num_replicas: int = 1, rank: int = 0):
         super().__init__()
         self.index = labels if isinstance(labels, ClassIndex) else ClassIndex(labels)
-        if int(batch_size) != batch_size or batch_size < 1: raise ValueError(f"{type(self).__name__}: batch_size must be a positive integer, got {batch_size}")
+        if int(batch_size) != batch_size or batch_size < 2: raise ValueError(f"{type(self).__name__}: batch_size must be an integer >= 2 (a batch of one clip has no negative), got {batch_size}")
         if num_replicas < 1: raise ValueError(f"{type(self).__name__}: num_replicas must be >= 1, got {num_replicas}")
         if not 0 <= rank < num_replicas: raise ValueError(f"{type(self).__name__}: rank must be in [0, {num_replicas}), got {rank}")
         self.batch_size, self.drop_last, self.seed = int(batch_size), bool(drop_last), int(seed)
@@ -281,13 +286,17 @@ class LabelBatchSampler(Sampler):
 
     def _make_batches(self, generator: torch.Generator) -> list[torch.Tensor]: raise NotImplementedError
 
+    @property
+    def min_batch(self) -> int:
+        "The smallest global batch yielded: 2 clips per rank (the one-clip rule)."
+        return 2 * self.num_replicas
+
     def global_batches(self) -> list[torch.Tensor]:
-        "This epoch's batches before sharding (identical on every rank)."
+        "This epoch's batches before sharding (identical on every rank), none smaller than `min_batch`."
         key = (self.seed, self.epoch)
         if self._cache is None or self._cache[0] != key:
             bs = self._make_batches(keyed_generator(self.kind, self.seed, self.epoch))
-            if self.num_replicas > 1: bs = [b for b in bs if len(b) >= self.num_replicas]
-            self._cache = (key, bs)
+            self._cache = (key, [b for b in bs if len(b) >= self.min_batch])
         return self._cache[1]
 
     def shard(self, batch: torch.Tensor) -> torch.Tensor:
@@ -377,7 +386,6 @@ class HardNegativeBatchSampler(LabelBatchSampler):
         for k in range(ix.n_classes):
             members = sh[ix.offsets[k]:ix.offsets[k + 1]]
             bs += list(torch.tensor_split(members, math.ceil(len(members) / B)))
-        if self.drop_last: bs = [b for b in bs if len(b) > 1]
         return [bs[i] for i in torch.randperm(len(bs), generator=g)]
 
 BATCH_SAMPLERS = {c.kind: c for c in (RandomBatchSampler, EasyNegativeBatchSampler, HardNegativeBatchSampler)}
@@ -433,4 +441,7 @@ def make_sampler(spec: SamplingSpec, labels, seed: int = 0, pseudo=None,
     y = resolve_labels(spec, labels, seed=seed, pseudo=pseudo)
     batches = BATCH_SAMPLERS[spec.batch](ClassIndex(y), spec.batch_size, drop_last=spec.drop_last, seed=seed,
                                          num_replicas=num_replicas, rank=rank)
+    if not batches.global_batches():
+        raise ValueError(f"strategy {spec.name!r}: the {spec.batch} sampler makes no batch of at least {batches.min_batch} clips "
+                         f"from these {len(y)} clips (batch_size={spec.batch_size}, drop_last={spec.drop_last}, {num_replicas} process(es))")
     return PairedBatchSampler(batches, p=spec.p if spec.pairing == 'same-class' else 0.0)
