@@ -52,7 +52,7 @@ class ReferenceDataset(torch.utils.data.Dataset):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--preset", default="small", choices=["small", "paper"], help="encoder sizes (notebook 04)")
+    ap.add_argument("--preset", default="small", choices=["small", "paper", "avid"], help="encoder sizes (notebook 04)")
     ap.add_argument("--device", default="", help="cpu, cuda, ... (default: the best available)")
     ap.add_argument("--batch", type=int, default=32, help="batch size for both loaders")
     ap.add_argument("--steps", type=int, default=10, help="timed steps per loader (after 2 warm-up steps)")
