@@ -6,24 +6,30 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
+import math
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 
-from .core import Config
+import avc_nb
+from .core import AvcError, Config, ConfigError
 from .data import CacheSpec, ClipCache, prepare_cache, read_manifest
-from .probe import ProbeSplit, finetune_probe, probe_encoder, probe_split
+from .probe import AGGREGATES, ProbeSplit, finetune_probe, probe_encoder, probe_split
 from .sampling import FrameStatsClassifier, paper_variants, pseudo_labels
-from .synthetic import make_synthetic
+from .synthetic import MAX_CLASSES, make_synthetic
 from .train import TrainConfig, Trainer
 
 # %% auto #0
-__all__ = ['PUBLISHED_P1', 'VARIANTS', 'ReplicateConfig', 'prepare_data', 'run_one', 'to_markdown', 'summarize', 'check_claim',
-           'plot_results', 'replicate']
+__all__ = ['PUBLISHED_P1', 'VARIANTS', 'DATA_SPEC', 'AGGREGATE_TEXT', 'ReplicateConfig', 'heldout_config', 'fingerprint',
+           'record_diff', 'data_records', 'data_fingerprint', 'prepare_data', 'run_record', 'pending_runs', 'run_one',
+           't_cdf', 't_quantile', 'to_markdown', 'paired_stats', 'paired_comparison', 'paired_table', 'summarize',
+           'check_claim', 'plot_results', 'replicate', 'load_replication']
 
 # %% ../nbs/11_replicate.ipynb #dc1ce8eb
 PUBLISHED_P1 = pd.DataFrame(
@@ -39,11 +45,11 @@ VARIANTS = tuple(paper_variants())
 
 @dataclasses.dataclass
 class ReplicateConfig(Config):
-    "What the replication varies (variants, sizes, seeds) and keeps fixed (data, model, budgets)."
+    "What the replication varies (variants, sizes, seeds) and keeps fixed (data, model, budgets), and its held-out check."
     out_dir: str = 'runs/replicate'
     variants: list = dataclasses.field(default_factory=lambda: list(VARIANTS))
     sizes: list = dataclasses.field(default_factory=lambda: [10, 30])
-    seeds: list = dataclasses.field(default_factory=lambda: [0, 1, 2])
+    seeds: list = dataclasses.field(default_factory=lambda: [0, 1, 2, 3, 4])
     n_classes: int = 10
     test_clips_per_class: int = 10
     ood_clips_per_class: int = 20
@@ -59,62 +65,178 @@ class ReplicateConfig(Config):
     probe_epochs: int = 100
     probe_lr: float = 1e-3
     knn_k: int = 10
+    probe_aggregate: str = 'mean'
     finetune: bool = True
     finetune_epochs: int = 10
+    heldout: bool = True
+    heldout_data_seed: int = 100
+    heldout_classes: int = 8
+    heldout_variants: list = dataclasses.field(default_factory=lambda: ['Random', 'Soft-positive'])
     workers: int = 2
+    threads: int = 1
     progress: bool = True
 
     def __post_init__(self):
-        unknown = [v for v in self.variants if v not in VARIANTS]
-        if unknown: raise ValueError(f"ReplicateConfig: unknown variant(s) {unknown}; known: {list(VARIANTS)}")
-        if not self.sizes or min(self.sizes) < 2: raise ValueError(f"ReplicateConfig: sizes must be >= 2 clips per class, got {self.sizes}")
-        if not self.seeds: raise ValueError("ReplicateConfig: give at least one seed")
+        super().__post_init__()  # the field types (core)
+        def need(ok: bool, field: str, rule: str):
+            if not ok: raise ConfigError(f"ReplicateConfig.{field} {rule}, got {getattr(self, field)!r}")
+        ints = lambda xs: all(isinstance(x, int) and not isinstance(x, bool) for x in xs)
+        for field in ('variants', 'heldout_variants'):
+            names = getattr(self, field)
+            need(len(names) > 0, field, 'must name at least one variant')
+            unknown = [v for v in names if v not in VARIANTS]
+            need(not unknown, field, f"has unknown variant(s) {unknown} (known: {list(VARIANTS)})")
+            need(len(set(names)) == len(names), field, 'must not repeat a variant')
+        need(len(self.sizes) > 0 and ints(self.sizes) and min(self.sizes) >= 2, 'sizes', 'must be a non-empty list of clips per class, each >= 2')
+        need(len(self.seeds) >= 1 and ints(self.seeds) and min(self.seeds) >= 0, 'seeds', 'must be a non-empty list of seeds >= 0')
+        need(len(set(self.seeds)) == len(self.seeds), 'seeds', 'must not repeat a seed (runs are paired by seed)')
+        half = MAX_CLASSES // 2
+        for field in ('n_classes', 'heldout_classes'):
+            need(2 <= getattr(self, field) <= half, field, f"must be between 2 and {half} (the out-of-domain set takes as "
+                 f"many other classes, and the synthetic data have {MAX_CLASSES})")
+        for field, low in (('test_clips_per_class', 1), ('pseudo_clips_per_class', 1), ('batch_size', 2), ('epochs', 1),
+                           ('probe_epochs', 1), ('knn_k', 1), ('finetune_epochs', 1), ('workers', 0), ('threads', 1),
+                           ('data_seed', 0), ('heldout_data_seed', 0), ('size', 16), ('crop', 8)):
+            need(getattr(self, field) >= low, field, f"must be >= {low}")
+        need(self.ood_clips_per_class >= 4, 'ood_clips_per_class', 'must be >= 4 (half trains the probe, and of those '
+             'a fifth, at least one per class, validates it)')
+        need(self.crop <= self.size, 'crop', f"must be <= size ({self.size})")
+        for field in ('lr', 'probe_lr'): need(getattr(self, field) > 0, field, 'must be > 0')
+        need(self.variation >= 0, 'variation', 'must be >= 0')
+        need(self.probe_aggregate in AGGREGATES, 'probe_aggregate', f"must be one of {list(AGGREGATES)}")
+        if self.heldout:
+            need(self.heldout_classes != self.n_classes, 'heldout_classes', f"must differ from n_classes ({self.n_classes}): "
+                 "the held-out check uses another class count")
+            need(abs(self.heldout_data_seed - self.data_seed) > 2, 'heldout_data_seed', f"must be at least 3 away from "
+                 f"data_seed ({self.data_seed}): the main data use data_seed, +1 and +2")
 
     @classmethod
     def quick(cls, **overrides) -> 'ReplicateConfig':
-        "Every variant at 2 sizes x 3 seeds on a small budget (the `make demo` run)."
-        base = dict(sizes=[8, 16], epochs=12, crop=48, test_clips_per_class=8, ood_clips_per_class=12,
+        "Every variant at 8 clips per class x 5 seeds on a small budget, plus the held-out check (the `make demo` run)."
+        base = dict(sizes=[8], epochs=12, crop=48, test_clips_per_class=8, ood_clips_per_class=12,
                     pseudo_clips_per_class=6, probe_epochs=60, finetune=False)
         return cls(**{**base, **overrides})
 
-# %% ../nbs/11_replicate.ipynb #202ecb9b
-def _cache(path: Path, spec: CacheSpec, workers: int, **synth) -> ClipCache:
-    if (path / 'cache' / 'index.json').exists(): return ClipCache(path / 'cache')
-    man = make_synthetic(path / 'data', progress=False, overwrite=True, **synth)
-    return prepare_cache(man, path / 'cache', spec, workers=workers, progress=False)
+def heldout_config(cfg: ReplicateConfig) -> ReplicateConfig:
+    "The held-out confirmation of `cfg`: its own data (`heldout_data_seed`, `heldout_classes`), its variants, the smallest size."
+    return cfg.replace(out_dir=str(Path(cfg.out_dir) / 'heldout'), data_seed=cfg.heldout_data_seed, n_classes=cfg.heldout_classes,
+                       variants=list(cfg.heldout_variants), sizes=[min(cfg.sizes)], heldout=False)
 
-def prepare_data(cfg: ReplicateConfig) -> dict:
-    "Make and cache the pretraining, out-of-domain and pseudo-label sets; fit the pseudo-labeller. Returns a dict."
-    out = Path(cfg.out_dir) / 'data'
-    spec = CacheSpec(seconds=2.0, fps=8, size=cfg.size, sample_rate=16000)
+# %% ../nbs/11_replicate.ipynb #d68184e7
+def fingerprint(record) -> str:
+    "SHA-256 (hex) of a JSON-able record, keys sorted: the same settings give the same fingerprint on every machine."
+    return hashlib.sha256(json.dumps(record, sort_keys=True, default=str).encode()).hexdigest()
+
+def _flat(d, prefix=''):
+    "Nested dicts -> {'a.b': value}."
+    out = {}
+    for k, v in (d or {}).items():
+        if isinstance(v, dict): out.update(_flat(v, f"{prefix}{k}."))
+        else: out[f"{prefix}{k}"] = v
+    return out
+
+def record_diff(old: dict, new: dict, limit: int = 6) -> str:
+    "The settings that differ between two records, as 'name: old -> new; ...' (at most `limit`)."
+    a, b = _flat(old), _flat(new)
+    diffs = [f"{k}: {a.get(k, '(absent)')} -> {b.get(k, '(absent)')}" for k in sorted(a.keys() | b.keys()) if a.get(k) != b.get(k)]
+    if not diffs: return 'no setting differs, but the fingerprint does'
+    return '; '.join(diffs[:limit]) + (f"; and {len(diffs) - limit} more" if len(diffs) > limit else '')
+
+# %% ../nbs/11_replicate.ipynb #202ecb9b
+DATA_SPEC = dict(seconds=2.0, fps=8)  # every set is cached at 2 s, 8 fps, 16 kHz; the frame size is `cfg.size`
+
+def data_records(cfg: ReplicateConfig) -> dict:
+    "What makes each of the three sets: the generator, the package version, its parameters and the cache spec."
     n_train, n_test = max(cfg.sizes), cfg.test_clips_per_class
     per = n_train + n_test
-    v = cfg.variation
-    pre = _cache(out / 'pretrain', spec, cfg.workers, n_classes=cfg.n_classes, clips_per_class=per, size=cfg.size,
-                 seed=cfg.data_seed, splits=(n_train / per, n_test / per), variation=v)
-    ood = _cache(out / 'ood', spec, cfg.workers, n_classes=cfg.n_classes, class_offset=cfg.n_classes,
-                 clips_per_class=cfg.ood_clips_per_class, size=cfg.size, seed=cfg.data_seed + 1, splits=(0.5, 0.5), variation=v)
-    pl = _cache(out / 'pseudo', spec, cfg.workers, n_classes=cfg.n_classes, clips_per_class=cfg.pseudo_clips_per_class,
-                size=cfg.size, seed=cfg.data_seed + 2, splits=(1.0,), variation=v)
+    common = dict(size=cfg.size, variation=float(cfg.variation))
+    params = dict(
+        pretrain=dict(n_classes=cfg.n_classes, clips_per_class=per, seed=cfg.data_seed, splits=[n_train / per, n_test / per], **common),
+        ood=dict(n_classes=cfg.n_classes, class_offset=cfg.n_classes, clips_per_class=cfg.ood_clips_per_class,
+                 seed=cfg.data_seed + 1, splits=[0.5, 0.5], **common),
+        pseudo=dict(n_classes=cfg.n_classes, clips_per_class=cfg.pseudo_clips_per_class, seed=cfg.data_seed + 2, splits=[1.0], **common))
+    spec = CacheSpec(size=cfg.size, sample_rate=16000, **DATA_SPEC).to_dict()
+    return {name: dict(generator='avc_nb.synthetic.make_synthetic', avc_nb=avc_nb.__version__, params=p, cache=spec)
+            for name, p in params.items()}
+
+def data_fingerprint(cfg: ReplicateConfig) -> str:
+    "One fingerprint of all three sets (computed from the settings: nothing is generated)."
+    return fingerprint(data_records(cfg))
+
+def _cached_set(path: Path, record: dict, workers: int) -> ClipCache:
+    "The set at `path` if its fingerprint matches `record`; made when absent; refused (AvcError) when made otherwise."
+    fp, stamp, index = fingerprint(record), path / 'fingerprint.json', path / 'cache' / 'index.json'
+    if stamp.exists():
+        old = json.loads(stamp.read_text())
+        if old.get('fingerprint') != fp:
+            raise AvcError(f"{path}: these synthetic data were made with other settings ({record_diff(old.get('record'), record)}). "
+                           "Refused: reusing them would mislabel every result, and rebuilding them would pull the data from under "
+                           "the runs already in this folder. Choose another out_dir, or delete this folder to rebuild it.")
+        if index.exists(): return ClipCache(path / 'cache')
+    elif index.exists():
+        raise AvcError(f"{path}: synthetic data without a fingerprint.json (made by an earlier avc_nb), so which settings made "
+                       "them cannot be checked. Refused: choose another out_dir, or delete this folder to rebuild it.")
+    path.mkdir(parents=True, exist_ok=True)
+    stamp.write_text(json.dumps(dict(fingerprint=fp, record=record), indent=1))  # first: an interrupted build is resumed, not mistaken
+    p = record['params']
+    man = make_synthetic(path / 'data', progress=False, overwrite=True, **{**p, 'splits': tuple(p['splits'])})
+    return prepare_cache(man, path / 'cache', CacheSpec.from_dict(record['cache']), workers=workers, progress=False)
+
+def prepare_data(cfg: ReplicateConfig) -> dict:
+    "Make (or reuse, if their fingerprints match) the pretraining, out-of-domain and pseudo-label sets; fit the pseudo-labeller."
+    out = Path(cfg.out_dir) / 'data'
+    sets = {name: _cached_set(out / name, rec, cfg.workers) for name, rec in data_records(cfg).items()}
+    pre, ood, pl = sets['pretrain'], sets['ood'], sets['pseudo']
     clf = FrameStatsClassifier(foreground=60).fit(torch.from_numpy(pl.batch(np.arange(len(pl)))['frames']), torch.from_numpy(pl.labels))
-    frames = torch.from_numpy(pre.batch(np.arange(len(pre)))['frames'])
-    pseudo = pseudo_labels(clf, frames).numpy()
-    return dict(pretrain=pre, ood=ood, pseudo=pseudo, pseudo_accuracy=float((pseudo == pre.labels).mean()))
+    pseudo = pseudo_labels(clf, torch.from_numpy(pre.batch(np.arange(len(pre)))['frames'])).numpy()
+    return dict(pretrain=pre, ood=ood, pseudo=pseudo, pseudo_accuracy=float((pseudo == pre.labels).mean()),
+                fingerprint=data_fingerprint(cfg))
 
 # %% ../nbs/11_replicate.ipynb #e1acce7d
 def _slug(variant: str) -> str: return variant.lower().replace(' ', '-').replace('%', 'pc')
 
+# settings that do not shape a run's numbers: where it is written, what else is in the study, how it is shown and scheduled
+_NOT_IN_RUN = ('out_dir', 'variants', 'sizes', 'seeds', 'heldout', 'heldout_data_seed', 'heldout_classes', 'heldout_variants',
+               'workers', 'threads', 'progress')
+
+def run_record(cfg: ReplicateConfig, variant: str, size: int, seed: int) -> dict:
+    "Everything that shapes one run's result: the package version, the run, the variant's sampling spec, the settings, the data."
+    settings = {k: v for k, v in cfg.to_dict().items() if k not in _NOT_IN_RUN}
+    return dict(avc_nb=avc_nb.__version__, variant=variant, size=int(size), seed=int(seed),
+                sampling=paper_variants(cfg.batch_size)[variant].to_dict(), settings=settings, data=data_fingerprint(cfg))
+
+def _run_dir(cfg, variant, size, seed) -> Path: return Path(cfg.out_dir) / 'runs' / f"{_slug(variant)}_n{size}_s{seed}"
+
+def _saved(cfg, variant, size, seed) -> tuple[dict | None, str]:
+    "(the saved result if its fingerprint matches, else None; why not)."
+    run_dir = _run_dir(cfg, variant, size, seed)
+    done, stamp = run_dir / 'result.json', run_dir / 'fingerprint.json'
+    if not done.exists(): return None, 'not run yet'
+    record = run_record(cfg, variant, size, seed)
+    res = json.loads(done.read_text())
+    if res.get('fingerprint') == fingerprint(record): return res, 'reused'
+    if 'fingerprint' not in res or not stamp.exists(): return None, 'its result.json has no fingerprint (an earlier avc_nb)'
+    return None, f"its result.json was made with other settings ({record_diff(json.loads(stamp.read_text()), record)})"
+
+def pending_runs(cfg: ReplicateConfig) -> list:
+    "The (variant, size, seed) runs of `cfg` without a saved result of the same fingerprint (nothing is computed)."
+    return [(v, n, s) for n in cfg.sizes for s in cfg.seeds for v in cfg.variants if _saved(cfg, v, n, s)[0] is None]
+
 def _probe(model, cache: ClipCache, split: ProbeSplit, cfg: ReplicateConfig, seed: int) -> tuple[float, float]:
     "Top-1 of the linear and kNN probes of the audio encoder (notebook 08's `probe_encoder`)."
-    r = probe_encoder(model, cache, 'audio', split=split, seed=seed, linear_kwargs=dict(lr=cfg.probe_lr, epochs=cfg.probe_epochs),
-                      knn_kwargs=dict(k=cfg.knn_k))
+    r = probe_encoder(model, cache, 'audio', split=split, seed=seed, aggregate=cfg.probe_aggregate,
+                      linear_kwargs=dict(lr=cfg.probe_lr, epochs=cfg.probe_epochs), knn_kwargs=dict(k=cfg.knn_k))
     return r['linear'].top1, r['knn'].top1
 
-def run_one(cfg: ReplicateConfig, data: dict, variant: str, size: int, seed: int) -> dict:
-    "Pretrain `variant` on `size` clips per class with `seed`, probe its audio encoder; cached in result.json."
-    run_dir = Path(cfg.out_dir) / 'runs' / f"{_slug(variant)}_n{size}_s{seed}"
-    done = run_dir / 'result.json'
-    if done.exists(): return json.loads(done.read_text())
+def run_one(cfg: ReplicateConfig, data: dict, variant: str, size: int, seed: int, say=None) -> dict:
+    "Pretrain `variant` on `size` clips per class with `seed`, probe its audio encoder; saved in result.json with its fingerprint."
+    if data.get('fingerprint') != data_fingerprint(cfg):
+        raise AvcError(f"run_one: `data` was prepared for other settings than `cfg` (data fingerprints differ); call prepare_data(cfg)")
+    saved, why = _saved(cfg, variant, size, seed)
+    if saved is not None: return saved
+    run_dir = _run_dir(cfg, variant, size, seed)
+    if why != 'not run yet' and say is not None: say(f"{run_dir}: {why}: recomputing")
+    record = run_record(cfg, variant, size, seed)
     spec = paper_variants(cfg.batch_size)[variant]
     tc = TrainConfig(cache_dir=str(data['pretrain'].dir), out_dir=str(run_dir), split='train', clips_per_class=size,
                      seed=seed, sampling=spec, preset=cfg.preset, crop=cfg.crop, epochs=cfg.epochs, lr=cfg.lr,
@@ -124,23 +246,74 @@ def run_one(cfg: ReplicateConfig, data: dict, variant: str, size: int, seed: int
     hist = tr.fit(resume=False)
     t_train = time.perf_counter() - t0
     pre, ood = data['pretrain'], data['ood']
-    id_split = probe_split(pre, val_fraction=0.2, seed=seed)
+    id_split = probe_split(pre, val_fraction=0.2, seed=seed)   # depends on the seed only: the same for every variant
     ood_split = probe_split(ood, val_fraction=0.2, seed=seed)
     id_lin, id_knn = _probe(tr.model, pre, id_split, cfg, seed)
     ood_lin, ood_knn = _probe(tr.model, ood, ood_split, cfg, seed)
     res = dict(variant=variant, size=size, seed=seed, id_linear=100 * id_lin, id_knn=100 * id_knn,
-               ood_linear=100 * ood_lin, ood_knn=100 * ood_knn, steps=len(hist), final_loss=hist[-1]['loss'],
-               train_seconds=t_train)
+               ood_linear=100 * ood_lin, ood_knn=100 * ood_knn, aggregate=cfg.probe_aggregate, steps=len(hist),
+               final_loss=hist[-1]['loss'], train_seconds=t_train)
     if cfg.finetune:
         ft = finetune_probe(tr.model, pre, id_split.train, id_split.val, id_split.test, 'audio', epochs=cfg.finetune_epochs,
-                            lr=cfg.probe_lr, n_classes=len(pre.classes), seed=seed)
+                            lr=cfg.probe_lr, n_classes=len(pre.classes), seed=seed, aggregate=cfg.probe_aggregate)
         res['id_finetune'] = 100 * ft.top1
     res['seconds'] = time.perf_counter() - t0
+    res['fingerprint'] = fingerprint(record)
     run_dir.mkdir(parents=True, exist_ok=True)
-    tmp = done.with_name('result.json.tmp'); tmp.write_text(json.dumps(res)); tmp.replace(done)
+    (run_dir / 'fingerprint.json').write_text(json.dumps(record, indent=1))
+    done = run_dir / 'result.json'
+    tmp = done.with_name('result.json.tmp'); tmp.write_text(json.dumps(res)); tmp.replace(done)  # last: a result only when complete
     return res
 
-# %% ../nbs/11_replicate.ipynb #62a9f591
+# %% ../nbs/11_replicate.ipynb #e0d58f8c
+def _betacf(a: float, b: float, x: float) -> float:
+    "Continued fraction of the incomplete beta function (modified Lentz; Numerical Recipes, 6.4)."
+    tiny, qab, qap, qam = 1e-300, a + b, a + 1.0, a - 1.0
+    c, d = 1.0, 1.0 - qab * x / qap
+    d = 1.0 / (d if abs(d) > tiny else tiny); h = d
+    for m in range(1, 500):
+        m2 = 2 * m
+        for num in (m * (b - m) * x / ((qam + m2) * (a + m2)), -(a + m) * (qab + m) * x / ((a + m2) * (qap + m2))):
+            d = 1.0 + num * d; d = 1.0 / (d if abs(d) > tiny else tiny)
+            c = 1.0 + num / c; c = c if abs(c) > tiny else tiny
+            h *= d * c
+        if abs(d * c - 1.0) < 1e-15: break
+    return h
+
+def _betainc(a: float, b: float, x: float) -> float:
+    "Regularised incomplete beta function I_x(a, b)."
+    if x <= 0: return 0.0
+    if x >= 1: return 1.0
+    front = math.exp(math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x))
+    if x < (a + 1) / (a + b + 2): return front * _betacf(a, b, x) / a
+    return 1.0 - front * _betacf(b, a, 1.0 - x) / b
+
+def t_cdf(t: float, df: float) -> float:
+    "P(T <= t) for Student's t with `df` degrees of freedom: 1 - I_x(df/2, 1/2) / 2 with x = df / (df + t^2), for t >= 0."
+    tail = 0.5 * _betainc(df / 2, 0.5, df / (df + t * t))
+    return 1.0 - tail if t >= 0 else tail
+
+def _t_quantile(p: float, df: float) -> float:
+    "Our own quantile: bisection on `t_cdf` (it is increasing), to 1e-12."
+    lo, hi = -1.0, 1.0
+    while t_cdf(lo, df) > p: lo *= 2
+    while t_cdf(hi, df) < p: hi *= 2
+    for _ in range(200):
+        mid = (lo + hi) / 2
+        if t_cdf(mid, df) < p: lo = mid
+        else: hi = mid
+        if hi - lo < 1e-12: break
+    return (lo + hi) / 2
+
+def t_quantile(p: float, df: float) -> float:
+    "The p-quantile of Student's t with `df` degrees of freedom: scipy's when scipy is installed, else ours (same to 1e-9)."
+    if not 0 < p < 1: raise ValueError(f"p must be in (0, 1), got {p}")
+    if not df > 0: raise ValueError(f"df must be > 0, got {df}")
+    try: from scipy.stats import t
+    except ImportError: return _t_quantile(p, df)
+    return float(t.ppf(p, df))
+
+# %% ../nbs/11_replicate.ipynb #130eb07a
 def to_markdown(df: pd.DataFrame) -> str:
     "A DataFrame as a GitHub markdown table (index first), NaN shown as '-'."
     cols = [df.index.name or ''] + [str(c) for c in df.columns]
@@ -149,6 +322,56 @@ def to_markdown(df: pd.DataFrame) -> str:
     rows += ['| ' + ' | '.join([str(i)] + [fmt(v) for v in r]) + ' |' for i, r in zip(df.index, df.itertuples(index=False))]
     return '\n'.join(rows)
 
+def paired_stats(diffs, confidence: float = 0.95) -> dict:
+    "Mean of paired differences, its Student-t confidence interval, and the sign count (wins, losses, ties)."
+    d = np.asarray(diffs, dtype=float)
+    if not 0 < confidence < 1: raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    n = len(d)
+    mean = float(d.mean()) + 0.0 if n else float('nan')  # + 0.0: no "-0.0"
+    sd = float(d.std(ddof=1)) if n > 1 else float('nan')
+    half = t_quantile(1 - (1 - confidence) / 2, n - 1) * sd / math.sqrt(n) if n > 1 else float('nan')
+    ties = np.isclose(d, 0, atol=1e-9)
+    lo, hi = mean - half, mean + half
+    verdict = ('too few seeds' if n < 2 else 'better' if lo > 0 else 'worse' if hi < 0 else 'no clear difference')
+    return dict(n=n, mean_diff=mean, sd_diff=sd, ci_low=lo, ci_high=hi, wins=int(((d > 0) & ~ties).sum()),
+                losses=int(((d < 0) & ~ties).sum()), ties=int(ties.sum()), verdict=verdict)
+
+def paired_comparison(results: pd.DataFrame, metric: str = 'id_linear', reference: str = 'Random',
+                      confidence: float = 0.95) -> pd.DataFrame:
+    "Every variant minus `reference`, paired by seed at each size (same data, same probe split): one row per (variant, size)."
+    ref = results[results.variant == reference]
+    rows = []
+    for v in [v for v in VARIANTS if v in set(results.variant) and v != reference]:
+        for n in sorted(results['size'].unique()):
+            a = results[(results.variant == v) & (results['size'] == n)].set_index('seed')[metric]
+            b = ref[ref['size'] == n].set_index('seed')[metric]
+            seeds = sorted(set(a.index) & set(b.index))
+            d = np.array([a[s] - b[s] for s in seeds], dtype=float)
+            rows.append(dict(variant=v, reference=reference, size=int(n), metric=metric, seeds=seeds,
+                             **paired_stats(d, confidence)))
+    cols = ['variant', 'reference', 'size', 'metric', 'seeds', 'n', 'mean_diff', 'sd_diff', 'ci_low', 'ci_high',
+            'wins', 'losses', 'ties', 'verdict']
+    return pd.DataFrame(rows, columns=cols)
+
+def _paired_cell(r) -> str:
+    if r['n'] < 2: return f"{r['mean_diff']:+.1f} (1 seed)" if r['n'] == 1 else '-'
+    txt = f"{r['mean_diff']:+.1f} [{r['ci_low']:+.1f}, {r['ci_high']:+.1f}] {r['wins']}/{r['losses']}/{r['ties']}"
+    return f"**{txt}**" if r['verdict'] in ('better', 'worse') else txt
+
+def paired_table(results: pd.DataFrame, metrics=('id_linear', 'ood_linear'), reference: str = 'Random',
+                 confidence: float = 0.95) -> pd.DataFrame:
+    "Cells 'mean difference [CI] wins/losses/ties' against `reference`, bold where the interval excludes 0."
+    cols = {}
+    for m in metrics:
+        if m not in results: continue
+        pc = paired_comparison(results, m, reference, confidence)
+        for n, g in pc.groupby('size'):
+            cols[f"Δ {m} n={n}"] = pd.Series([_paired_cell(r) for _, r in g.iterrows()], index=g['variant'].values)
+    t = pd.DataFrame(cols)
+    t.index.name = f"minus {reference}"
+    return t
+
+# %% ../nbs/11_replicate.ipynb #62a9f591
 def summarize(results: pd.DataFrame, metric: str = 'id_linear') -> pd.DataFrame:
     "Mean +- std over seeds of `metric`, one row per variant (paper order), one column per size."
     g = results.groupby(['variant', 'size'])[metric].agg(['mean', 'std', 'count']).reset_index()
@@ -157,19 +380,24 @@ def summarize(results: pd.DataFrame, metric: str = 'id_linear') -> pd.DataFrame:
     t.columns = [f"{metric} n={c}" for c in t.columns]
     return t.reindex([v for v in VARIANTS if v in t.index])
 
-def check_claim(results: pd.DataFrame, metric: str = 'id_linear') -> dict:
-    "Does soft-positive beat random at the smallest size by more than the seeds' spread? (numbers + verdict)"
-    n = results['size'].min()
-    r = results[results['size'] == n]
-    sp, rnd = r[r.variant == 'Soft-positive'][metric], r[r.variant == 'Random'][metric]
-    if len(sp) == 0 or len(rnd) == 0: return dict(size=int(n), verdict='not measured (Soft-positive and Random both needed)')
-    gap = sp.mean() - rnd.mean()
-    spread = max(sp.std(ddof=1) if len(sp) > 1 else 0.0, rnd.std(ddof=1) if len(rnd) > 1 else 0.0)
-    ok = bool(gap > spread)
-    return dict(size=int(n), soft_positive=float(sp.mean()), random=float(rnd.mean()), gap=float(gap), spread=float(spread),
-                holds=ok, verdict=(f"at {n} clips/class soft-positive {'beats' if gap > 0 else 'does not beat'} random by "
-                                   f"{gap:.1f} points; the larger seed std is {spread:.1f}: the claim "
-                                   f"{'holds' if ok else 'does NOT hold'} here"))
+def check_claim(results: pd.DataFrame, metric: str = 'id_linear', confidence: float = 0.95) -> dict:
+    "Does soft-positive beat random at the smallest size? Paired by seed: mean difference, Student-t interval, sign count."
+    n = int(results['size'].min())
+    pc = paired_comparison(results[results['size'] == n], metric, 'Random', confidence)
+    row = pc[pc.variant == 'Soft-positive']
+    if row.empty or row.iloc[0]['n'] == 0:
+        return dict(size=n, metric=metric, holds=False, verdict='not measured (Soft-positive and Random both needed, on the same seeds)')
+    r = row.iloc[0]
+    r_ = results[results['size'] == n]
+    holds = bool(r['verdict'] == 'better')
+    ci = (f"{100 * confidence:.0f} % interval [{r['ci_low']:+.1f}, {r['ci_high']:+.1f}]" if r['n'] > 1
+          else 'no interval from one seed')
+    return dict(size=n, metric=metric, n_seeds=int(r['n']), soft_positive=float(r_[r_.variant == 'Soft-positive'][metric].mean()),
+                random=float(r_[r_.variant == 'Random'][metric].mean()), gap=float(r['mean_diff']), ci_low=float(r['ci_low']),
+                ci_high=float(r['ci_high']), wins=int(r['wins']), losses=int(r['losses']), ties=int(r['ties']), holds=holds,
+                verdict=(f"{metric} at {n} clips/class, soft-positive minus random paired over {r['n']} seeds: {r['mean_diff']:+.1f} "
+                         f"points, {ci}, wins/losses/ties {r['wins']}/{r['losses']}/{r['ties']}: the claim "
+                         f"{'holds (the interval excludes 0)' if holds else 'is NOT confirmed (the interval does not exclude 0)' if r['n'] > 1 else 'cannot be tested'}"))
 
 def plot_results(results: pd.DataFrame, metric: str = 'id_linear', ax=None):
     "Accuracy against dataset size, one line per variant, error bars = std over seeds."
@@ -184,30 +412,115 @@ def plot_results(results: pd.DataFrame, metric: str = 'id_linear', ax=None):
     ax.legend(fontsize=7, loc='center left', bbox_to_anchor=(1.01, 0.5))  # outside the axes: the lines stay visible
     return ax.figure
 
-def replicate(cfg: ReplicateConfig) -> pd.DataFrame:
-    "Run every (variant, size, seed) of `cfg` (finished runs are reused); write results.csv, table.md, figure.png."
-    from tqdm.auto import tqdm
-    out = Path(cfg.out_dir); out.mkdir(parents=True, exist_ok=True)
-    cfg.to_yaml(out / 'replicate.yaml')
-    t0 = time.perf_counter()
-    data = prepare_data(cfg)
-    jobs = [(v, n, s) for n in cfg.sizes for s in cfg.seeds for v in cfg.variants]
-    rows = []
-    for v, n, s in tqdm(jobs, desc='replicate', unit='run', disable=not cfg.progress):
-        rows.append(run_one(cfg, data, v, n, s))
+# %% ../nbs/11_replicate.ipynb #e085450c
+AGGREGATE_TEXT = dict(mean='the mean of the 1 s windows of each clip', maxpool="the whole clip through the encoder's global max pool")
+
+def _in_notebook() -> bool:
+    try: from IPython import get_ipython
+    except ImportError: return False
+    return type(get_ipython()).__name__ == 'ZMQInteractiveShell'
+
+class _Live:
+    "The partial table while runs finish: refreshed in place in Jupyter, printed after each seed round in a terminal."
+    def __init__(self, enabled: bool):
+        self.enabled, self.nb, self.handle = enabled, _in_notebook(), None
+    def say(self, line: str):
+        if self.enabled: print(line, flush=True)
+    def table(self, text: str, round_done: bool):
+        if not self.enabled: return
+        if self.nb:
+            from IPython.display import Markdown, display
+            if self.handle is None: self.handle = display(Markdown(text), display_id=True)
+            else: self.handle.update(Markdown(text))
+        elif round_done: print('\n' + text + '\n', flush=True)
+
+def _partial_table(rows: list, cfg: ReplicateConfig, title: str) -> str:
     res = pd.DataFrame(rows)
-    res.to_csv(out / 'results.csv', index=False)
+    parts = [summarize(res, m) for m in ('id_linear', 'ood_linear')]
+    if 'Random' in set(res.variant) and res.variant.nunique() > 1: parts.append(paired_table(res))
+    t = pd.concat(parts, axis=1)
+    t.index.name = 'variant'
+    n_runs = len(cfg.variants) * len(cfg.sizes) * len(cfg.seeds)
+    return f"**{title}: {len(res)}/{n_runs} runs** (seeds so far per variant; paired columns: minus Random)\n\n" + to_markdown(t)
+
+def _run_all(cfg: ReplicateConfig, data: dict, live: _Live, title: str) -> pd.DataFrame:
+    jobs = [(v, n, s) for n in cfg.sizes for s in cfg.seeds for v in cfg.variants]  # seed rounds: pairs fill up together
+    rows, reused, unshown = [], 0, False
+    for i, (v, n, s) in enumerate(jobs, 1):
+        t0 = time.perf_counter()
+        fresh = _saved(cfg, v, n, s)[0] is None
+        r = run_one(cfg, data, v, n, s, say=live.say)
+        rows.append(r)
+        if fresh:
+            unshown = True
+            live.say(f"[{title} {i}/{len(jobs)}] {v}, {n} clips/class, seed {s}: id {r['id_linear']:.1f} %, "
+                     f"ood {r['ood_linear']:.1f} % ({time.perf_counter() - t0:.0f} s)")
+        else: reused += 1
+        last, round_done = i == len(jobs), v == cfg.variants[-1]
+        if fresh or last: live.table(_partial_table(rows, cfg, title), round_done=(round_done and unshown) or last)
+        if round_done: unshown = False
+    if reused: live.say(f"[{title}] {reused} of {len(jobs)} runs: saved results of the same fingerprint reused")
+    return pd.DataFrame(rows)
+
+@contextmanager
+def _threads(n: int):
+    old = torch.get_num_threads(); torch.set_num_threads(n)
+    try: yield
+    finally: torch.set_num_threads(old)
+
+def _report(cfg: ReplicateConfig, res: pd.DataFrame, data: dict, seconds: float, held: pd.DataFrame | None,
+            hcfg: ReplicateConfig | None) -> tuple[str, dict]:
+    "table.md's text and claim.json's content."
     metrics = ['id_linear', 'ood_linear'] + (['id_finetune'] if 'id_finetune' in res else [])
     table = pd.concat([summarize(res, m) for m in metrics], axis=1)
-    claim = check_claim(res)
+    claim = dict(main=check_claim(res))
     md = ["# Soft-positive replication on the built-in synthetic data", "",
-          f"{len(cfg.variants)} variants x sizes {cfg.sizes} x seeds {cfg.seeds}; audio encoder, top-1 (%) of the linear probe "
-          f"(and of fine-tuning where run), mean ± std over seeds; id = in-domain (pretraining classes), ood = other classes. "
-          f"Pseudo-labels: stand-in frame classifier, {100 * data['pseudo_accuracy']:.0f} % agreement with the true labels. "
-          f"Total time {time.perf_counter() - t0:.0f} s.", "", to_markdown(table), "", f"**Claim check:** {claim['verdict']}", "",
-          "## Published (ICASSPW 2024, accuracy %)", "", to_markdown(PUBLISHED_P1)]
-    (out / 'table.md').write_text('\n'.join(md) + '\n')
+          f"{len(cfg.variants)} variants x sizes {cfg.sizes} x seeds {cfg.seeds}; {cfg.n_classes} classes, data_seed {cfg.data_seed}, "
+          f"variation {cfg.variation:g}. Audio encoder, top-1 (%) of the linear probe (and of fine-tuning where run) on "
+          f"{AGGREGATE_TEXT[cfg.probe_aggregate]} (aggregate='{cfg.probe_aggregate}'); id = in-domain (pretraining classes), "
+          f"ood = other classes. Pseudo-labels: stand-in frame classifier, {100 * data['pseudo_accuracy']:.0f} % agreement "
+          f"with the true labels. Data fingerprint {data['fingerprint'][:12]}. Total time {seconds:.0f} s.", "",
+          "## Accuracy, mean ± std over seeds", "", to_markdown(table), "",
+          "## Paired comparison with Random", "",
+          "Each variant minus Random on the same seed (same data, same probe split): mean difference in points, "
+          "95 % Student-t interval, wins/losses/ties over seeds; **bold** where the interval excludes 0.", "",
+          to_markdown(paired_table(res, metrics)), "", f"**Claim check:** {claim['main']['verdict']}", ""]
+    if held is not None:
+        claim['heldout'] = check_claim(held)
+        md += [f"## Held-out confirmation: {hcfg.n_classes} classes, data_seed {hcfg.data_seed} (fixed before it was run)", "",
+               to_markdown(pd.concat([summarize(held, m) for m in ('id_linear', 'ood_linear')], axis=1)), "",
+               to_markdown(paired_table(held)), "", f"**Held-out claim check:** {claim['heldout']['verdict']}", ""]
+    md += ["## Published (ICASSPW 2024, accuracy %)", "", to_markdown(PUBLISHED_P1)]
+    return '\n'.join(md) + '\n', claim
+
+def replicate(cfg: ReplicateConfig) -> pd.DataFrame:
+    "Run every (variant, size, seed) of `cfg` and its held-out check (saved runs of the same fingerprint are reused); write the outputs."
+    out = Path(cfg.out_dir); out.mkdir(parents=True, exist_ok=True)
+    cfg.to_yaml(out / 'replicate.yaml')
+    live = _Live(cfg.progress)
+    t0 = time.perf_counter()
+    with _threads(cfg.threads):
+        data = prepare_data(cfg)
+        res = _run_all(cfg, data, live, 'main')
+        res.to_csv(out / 'results.csv', index=False)
+        held = hcfg = None
+        if cfg.heldout:
+            hcfg = heldout_config(cfg)
+            Path(hcfg.out_dir).mkdir(parents=True, exist_ok=True); hcfg.to_yaml(Path(hcfg.out_dir) / 'replicate.yaml')
+            held = _run_all(hcfg, prepare_data(hcfg), live, 'held-out')
+            held.to_csv(Path(hcfg.out_dir) / 'results.csv', index=False)
+    text, claim = _report(cfg, res, data, time.perf_counter() - t0, held, hcfg)
+    (out / 'table.md').write_text(text)
     (out / 'claim.json').write_text(json.dumps(claim, indent=1))
     fig = plot_results(res); fig.savefig(out / 'figure.png', dpi=120, bbox_inches='tight')
     import matplotlib.pyplot as plt; plt.close(fig)
     return res
+
+def load_replication(out_dir) -> dict | None:
+    "The saved outputs of `replicate` in `out_dir` (config, results, held-out results, claims), or None when there are none."
+    out = Path(out_dir)
+    if not (out / 'results.csv').exists() or not (out / 'replicate.yaml').exists(): return None
+    held = out / 'heldout' / 'results.csv'
+    return dict(config=ReplicateConfig.from_yaml(out / 'replicate.yaml'), results=pd.read_csv(out / 'results.csv'),
+                heldout=pd.read_csv(held) if held.exists() else None,
+                claim=json.loads((out / 'claim.json').read_text()) if (out / 'claim.json').exists() else None)
