@@ -13,9 +13,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 # %% auto #0
-__all__ = ['MULTI_POSITIVE_MODES', 'SOFT_TARGET_MODES', 'l2_normalize', 'positive_mask', 'infonce', 'AVCClassifier',
-           'avc_binary_loss', 'pair_similarity', 'FaultyPositiveWeights', 'weighted_infonce', 'soft_targets',
-           'soft_target_infonce', 'MemoryBank', 'gather_with_grad']
+__all__ = ['MULTI_POSITIVE_MODES', 'SOFT_TARGET_MODES', 'CMA_AGREEMENTS', 'l2_normalize', 'positive_mask', 'infonce',
+           'AVCClassifier', 'avc_binary_loss', 'pair_similarity', 'FaultyPositiveWeights', 'weighted_infonce',
+           'soft_targets', 'soft_target_infonce', 'MemoryBank', 'CrossModalAgreement', 'gather_with_grad']
 
 # %% ../nbs/06_losses.ipynb #6b6e8685
 def l2_normalize(x: torch.Tensor, dim: int = -1, eps: float = 1e-12) -> torch.Tensor:
@@ -274,6 +274,94 @@ class MemoryBank(nn.Module):
         if reduction == 'none': return rows
         if reduction == 'mean': return _weighted_mean(rows, weights, 'MemoryBank.loss')
         raise ValueError(f"reduction must be 'mean' or 'none', got {reduction!r}")
+
+# %% ../nbs/06_losses.ipynb #cma00002
+CMA_AGREEMENTS = ('consensus', 'union', 'video', 'audio')
+
+class CrossModalAgreement(MemoryBank):
+    "AVID-CMA: a memory bank whose positives are each clip's top-`pos_k` neighbours by cross-modal agreement."
+    def __init__(self, n_items: int, dim: int, momentum: float = 0.5, n_negatives: int = 1024, tau: float = 0.07,
+                 pos_k: int = 32, n_negatives_within: int = 64, xmodal_coeff: float = 1.0, wmodal_coeff: float = 1.0,
+                 agreement: str = 'consensus', refresh_every: int = 5, generator: torch.Generator | None = None):
+        super().__init__(n_items, dim, momentum, n_negatives, tau, generator)
+        if agreement not in CMA_AGREEMENTS: raise ValueError(f"agreement must be one of {list(CMA_AGREEMENTS)}, got {agreement!r}")
+        if not 1 <= pos_k <= n_items - 2:
+            raise ValueError(f"pos_k must be in [1, n_items - 2] = [1, {n_items - 2}] (self and at least one negative excluded), got {pos_k}")
+        if n_negatives_within < 1: raise ValueError(f"n_negatives_within must be >= 1, got {n_negatives_within}")
+        if xmodal_coeff < 0 or wmodal_coeff < 0 or xmodal_coeff + wmodal_coeff <= 0:
+            raise ValueError(f"xmodal_coeff and wmodal_coeff must be >= 0 and not both 0, got {xmodal_coeff}, {wmodal_coeff}")
+        if refresh_every < 0: raise ValueError(f"refresh_every must be >= 0 (0: never refresh), got {refresh_every}")
+        self.pos_k, self.n_negatives_within, self.agreement_type = pos_k, n_negatives_within, agreement
+        self.xmodal_coeff, self.wmodal_coeff, self.refresh_every = xmodal_coeff, wmodal_coeff, refresh_every
+        self.register_buffer('positives', torch.zeros(n_items, pos_k, dtype=torch.long))
+        self.register_buffer('found_at', torch.tensor(-1))   # epoch of the last search (-1: never)
+
+    def extra_repr(self):
+        return (super().extra_repr() + f", pos_k={self.pos_k}, n_negatives_within={self.n_negatives_within}, "
+                f"agreement={self.agreement_type!r}, refresh_every={self.refresh_every}")
+
+    @torch.no_grad()
+    def agreement(self, idx: torch.Tensor) -> torch.Tensor:
+        "(len(idx), n_items) agreement of the clips `idx` with every clip: min (consensus) or max (union) of the two modalities' similarities."
+        idx = self._check_idx(idx)
+        sv, sa = self.mem_v[idx] @ self.mem_v.T, self.mem_a[idx] @ self.mem_a.T
+        if self.agreement_type == 'consensus': return torch.minimum(sv, sa)
+        if self.agreement_type == 'union': return torch.maximum(sv, sa)
+        return sv if self.agreement_type == 'video' else sa
+
+    @torch.no_grad()
+    def find_positives(self, epoch: int = 0, chunk: int = 1024) -> torch.Tensor:
+        "Recompute every clip's `pos_k` positives (sorted indices, self excluded) from the bank; returns them."
+        for s in range(0, self.n_items, chunk):
+            idx = torch.arange(s, min(s + chunk, self.n_items), device=self.mem_a.device)
+            sim = self.agreement(idx)
+            sim[torch.arange(len(idx)), idx] = float('-inf')           # never its own positive
+            self.positives[idx] = sim.topk(self.pos_k, dim=1).indices.sort(dim=1).values
+        self.found_at.fill_(int(epoch))
+        return self.positives
+
+    def set_epoch(self, epoch: int) -> bool:
+        "Find the positives if never found, then again every `refresh_every` epochs; True when it searched."
+        due = int(self.found_at) < 0 or (self.refresh_every > 0 and epoch % self.refresh_every == 0 and int(self.found_at) != epoch)
+        if due: self.find_positives(epoch)
+        return due
+
+    def sample_negatives(self, idx: torch.Tensor, n: int | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+        "(B, n) indices drawn uniformly with replacement from the clips that are neither the query nor one of its positives."
+        idx = self._check_idx(idx)
+        n = self.n_negatives if n is None else n
+        excl = torch.cat([idx[:, None], self.positives[idx]], dim=1).sort(dim=1).values     # (B, 1 + pos_k), sorted
+        dev = generator.device if generator is not None else torch.device('cpu')
+        r = torch.randint(0, self.n_items - excl.shape[1], (len(idx), n), generator=generator, device=dev).to(idx.device)
+        ref = excl - torch.arange(excl.shape[1], device=idx.device)                          # AVID's skip-the-excluded trick
+        return r + (r[:, :, None] >= ref[:, None, :]).sum(-1)
+
+    def loss(self, a: torch.Tensor, v: torch.Tensor, idx: torch.Tensor, negatives: torch.Tensor | None = None,
+             generator: torch.Generator | None = None, reduction: str = 'mean', **kwargs) -> torch.Tensor:
+        "Cross-modal instance discrimination + within-modal positive-set discrimination against the bank, weighted by the two coefficients."
+        if kwargs: raise ValueError(f"CrossModalAgreement.loss: no weights or soft targets here (got {sorted(kwargs)})")
+        if int(self.found_at) < 0: raise ValueError("CrossModalAgreement.loss: no positives yet; call find_positives() or set_epoch(epoch) first")
+        if a.dim() != 2 or a.shape != v.shape or a.shape[1] != self.dim:
+            raise ValueError(f"CrossModalAgreement.loss: a and v must both be (B, {self.dim}), got {tuple(a.shape)} and {tuple(v.shape)}")
+        idx = self._check_idx(idx)
+        if len(idx) != len(a): raise ValueError(f"CrossModalAgreement.loss: {len(idx)} indices for {len(a)} embeddings")
+        if negatives is None: negatives = self.sample_negatives(idx, generator=generator)
+        negatives = negatives.to(idx.device)
+        an, vn = l2_normalize(a), l2_normalize(v)
+        tau, pos, wneg = self.tau, self.positives[idx], negatives[:, :self.n_negatives_within]
+        cand = torch.cat([idx[:, None], negatives], dim=1)                                   # own entry first
+        # cross-modal instance discrimination: audio against video memories and back, own entry the target
+        x = 0.5 * sum(-(_at_least_f32(_dots(q, m[cand])) / tau).log_softmax(-1)[:, 0] for q, m in ((an, self.mem_v), (vn, self.mem_a)))
+        # within-modal positive discrimination: each positive against the first n_negatives_within negatives, averaged
+        def within(q, m):
+            p = _at_least_f32(_dots(q, m[pos])) / tau                                        # (B, k)
+            ng = _at_least_f32(_dots(q, m[wneg])) / tau                                      # (B, Kw)
+            lse_neg = torch.logsumexp(ng, dim=1, keepdim=True)
+            return (torch.logaddexp(p, lse_neg) - p).mean(1)                                 # -log e^p / (e^p + sum e^n)
+        w = 0.5 * (within(an, self.mem_a) + within(vn, self.mem_v))
+        c = self.xmodal_coeff + self.wmodal_coeff
+        rows = (self.xmodal_coeff * x + self.wmodal_coeff * w) / c
+        return _reduce(rows, reduction)
 
 # %% ../nbs/06_losses.ipynb #bd407358
 def gather_with_grad(x: torch.Tensor, group=None) -> torch.Tensor:
