@@ -86,7 +86,8 @@ def avc_cache_cli(argv=None):
         else read_folder(src)
     spec = CacheSpec(seconds=a.seconds, fps=a.fps, size=a.size, sample_rate=a.sample_rate, video=not a.no_video)
     ensure_writable_dir(a.cache_dir, 'cache folder')
-    cache = prepare_cache(man, a.cache_dir, spec, workers=a.workers, on_error=a.on_error)
+    # a progress bar on a terminal; none in a log file, where it would be noise (and would split an error's line)
+    cache = prepare_cache(man, a.cache_dir, spec, workers=a.workers, on_error=a.on_error, progress=sys.stderr.isatty())
     print(cache)
     if len(cache.skipped): print(cache.skipped.to_string(index=False))
 

@@ -224,7 +224,7 @@ def _open(path):
     if path.stat().st_size == 0: raise ClipError(path, "file is empty (0 bytes)")
     try: return av.open(str(path))
     except (av.error.FFmpegError, UnicodeDecodeError) as e:
-        raise ClipError(path, f"cannot be opened as audio/video, the file is corrupt or truncated ({e})") from None
+        raise ClipError(path, f"cannot be opened as audio/video, the file is corrupt or truncated ({getattr(e, 'strerror', None) or e})") from None
 
 def _resize_crop(img, size):
     "Resize an av.VideoFrame so its shorter side is `size`, centre-crop to size x size, as uint8 RGB."
@@ -594,6 +594,10 @@ def _build_all(todo, records, spec, workers, on_error, progress):
     "Build the shards in `todo`, in worker processes or (workers=0, or one shard) in this one."
     bar = tqdm(total=len(records), initial=len(records) - sum(len(r) for _, r in todo), unit='clip',
                desc='prepare_cache', disable=not progress)
+    try: _run_shards(todo, spec, workers, on_error, bar)
+    finally: bar.close()
+
+def _run_shards(todo, spec, workers, on_error, bar):
     if workers and len(todo) > 1:
         import multiprocessing as mp
         from avc_nb import data as _lib  # workers run the library's function, not this notebook's copy
@@ -609,7 +613,6 @@ def _build_all(todo, records, spec, workers, on_error, progress):
                 raise
     else:
         for d, r in todo: bar.update(_build_shard(str(d), r, spec.to_dict(), on_error)[0])
-    bar.close()
 
 
 # %% ../nbs/01_data.ipynb #a5e4e9a5
