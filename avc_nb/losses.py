@@ -275,6 +275,18 @@ class MemoryBank(nn.Module):
         if reduction == 'mean': return _weighted_mean(rows, weights, 'MemoryBank.loss')
         raise ValueError(f"reduction must be 'mean' or 'none', got {reduction!r}")
 
+    @torch.no_grad()
+    def soft_target_matrix(self, a: torch.Tensor, v: torch.Tensor, idx: torch.Tensor, negatives: torch.Tensor,
+                           soft_mode: str = 'bootstrap', t_s: float = 0.02, t_t: float = 0.07,
+                           within: str = 'query') -> tuple[torch.Tensor, torch.Tensor]:
+        "The soft part S of the bank loss's targets over the candidates [own, negatives...]: (S_av, S_va), each (B, 1+K), rows sum to 1."
+        idx = self._check_idx(idx)
+        cand = torch.cat([idx[:, None], negatives.to(idx.device)], dim=1)
+        an, vn = l2_normalize(a.detach()), l2_normalize(v.detach())
+        ma, mv = self.mem_a[cand], self.mem_v[cand]
+        return (_soft_s(soft_mode, an, vn, mv, ma, t_s, t_t, within), _soft_s(soft_mode, vn, an, ma, mv, t_s, t_t, within))
+
+
 # %% ../nbs/06_losses.ipynb #cma00002
 CMA_AGREEMENTS = ('consensus', 'union', 'video', 'audio')
 
