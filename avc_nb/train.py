@@ -11,8 +11,12 @@ import json
 import math
 import os
 import queue
+import re
+import socket
+import sys
 import threading
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -22,21 +26,45 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .core import Config, autocast, get_device, seed_everything
+try: import fcntl                      # POSIX file locks (Linux, macOS); absent on Windows
+except ImportError: fcntl = None
+
+from .core import AvcError, Config, ConfigError, autocast, ensure_writable_dir, get_device, seed_everything
 from .data import ClipCache
 from .encoders import build_av_model
 from .features import BandNorm, LogMel, band_stats
-from .losses import (AVCClassifier, FaultyPositiveWeights, MemoryBank, avc_binary_loss, gather_with_grad,
-                           infonce, pair_similarity, positive_mask, soft_target_infonce, weighted_infonce)
-from .sampling import SamplingSpec, derive_seed, keyed_generator, make_sampler, resolve_labels
+from .losses import (SOFT_TARGET_MODES, AVCClassifier, FaultyPositiveWeights, MemoryBank, avc_binary_loss,
+                           gather_with_grad, infonce, pair_similarity, positive_mask, soft_target_infonce, weighted_infonce)
+from .sampling import (LabelBatchSampler, PairedBatchSampler, SamplingSpec, derive_seed, keyed_generator, make_sampler,
+                             resolve_labels)
 
 # %% auto #0
-__all__ = ['LOSSES', 'TrainConfig', 'BatchStream', 'augment_frames', 'make_loss_modules', 'compute_loss', 'lr_lambda',
-           'save_checkpoint', 'load_checkpoint', 'TrainingDiverged', 'init_distributed', 'training_subset', 'Trainer',
-           'train', 'load_model', 'LivePlot']
+__all__ = ['LOSSES', 'MULTI_POSITIVE', 'CHECKPOINT_KEYS', 'TrainConfig', 'BatchStream', 'augment_frames', 'make_loss_modules',
+           'compute_loss', 'lr_lambda', 'CheckpointError', 'CheckpointNotFound', 'CheckpointWriteError',
+           'TrainingDiverged', 'ConfigMismatch', 'save_checkpoint', 'load_checkpoint', 'init_distributed',
+           'training_subset', 'RunFolderLocked', 'RunLock', 'Trainer', 'train', 'load_model', 'LivePlot']
 
 # %% ../nbs/07_train.ipynb #3dfe8acb
-LOSSES = ('infonce', 'weighted', 'soft-target', 'weighted-soft-target', 'memory-bank', 'avc-binary')
+LOSSES = ('infonce', 'weighted', 'soft-target', 'weighted-soft-target', 'memory-bank', 'weighted-memory-bank',
+          'soft-target-memory-bank', 'weighted-soft-target-memory-bank', 'avc-binary')
+MULTI_POSITIVE = ('milnce', 'supcon')
+
+def _is_bank(loss: str) -> bool: return loss.endswith('memory-bank')
+def _is_weighted(loss: str) -> bool: return loss.startswith('weighted')
+def _is_soft(loss: str) -> bool: return 'soft-target' in loss
+
+# field -> (test, what the value must be): the ranges TrainConfig checks, each error names its field
+_RANGES = dict(
+    lr=(lambda x: x > 0, '> 0'), tau=(lambda x: x > 0, '> 0'), t_s=(lambda x: x > 0, '> 0'), t_t=(lambda x: x > 0, '> 0'),
+    w_kappa=(lambda x: x > 0, '> 0'), w_min=(lambda x: 0 < x <= 1, 'in (0, 1]'), lam=(lambda x: 0 <= x <= 1, 'in [0, 1]'),
+    w_momentum=(lambda x: 0 <= x < 1, 'in [0, 1)'), bank_momentum=(lambda x: 0 <= x < 1, 'in [0, 1)'),
+    bank_negatives=(lambda x: x >= 1, '>= 1'), epochs=(lambda x: x >= 0, '>= 0'), max_steps=(lambda x: x >= 0, '>= 0'),
+    crop=(lambda x: x >= 0, '>= 0 (0: no crop)'), resize=(lambda x: x >= 0, '>= 0 (0: no resize)'),
+    n_frames=(lambda x: x >= 1, '>= 1'), audio_seconds=(lambda x: x > 0, '> 0'), proj_dim=(lambda x: x >= 1, '>= 1'),
+    band_stats_clips=(lambda x: x >= 1, '>= 1'), clips_per_class=(lambda x: x >= 0, '>= 0 (0: all clips)'),
+    weight_decay=(lambda x: x >= 0, '>= 0'), warmup_steps=(lambda x: x >= 0, '>= 0'), grad_clip=(lambda x: x >= 0, '>= 0 (0: off)'),
+    checkpoint_every=(lambda x: x >= 0, '>= 0 (0: only at the end)'), log_every=(lambda x: x >= 1, '>= 1'),
+    prefetch=(lambda x: x >= 0, '>= 0 (0: no background thread)'))
 
 @dataclasses.dataclass
 class TrainConfig(Config):
@@ -56,15 +84,18 @@ class TrainConfig(Config):
     audio_seconds: float = 1.0
     audio_offset: float = -0.25
     crop: int = 0
+    resize: int = 0
     flip: bool = True
     band_stats_clips: int = 2000
     # loss
     loss: str = 'infonce'
     positives: str = 'pairs'
+    multi_positive: str = 'milnce'
     tau: float = 0.07
     w_delta: float = 0.0
     w_kappa: float = 0.5
     w_min: float = 0.25
+    w_momentum: float = 0.9
     lam: float = 0.5
     soft_mode: str = 'bootstrap'
     t_s: float = 0.02
@@ -90,21 +121,31 @@ class TrainConfig(Config):
     progress: bool = True
 
     def __post_init__(self):
-        if self.loss not in LOSSES: raise ValueError(f"TrainConfig: loss={self.loss!r} is not one of {list(LOSSES)}")
-        if self.positives not in ('pairs', 'labels'): raise ValueError(f"TrainConfig: positives must be 'pairs' or 'labels', got {self.positives!r}")
-        if self.optimizer not in ('adam', 'adamw'): raise ValueError(f"TrainConfig: optimizer must be 'adam' or 'adamw', got {self.optimizer!r}")
-        if self.schedule not in ('constant', 'cosine'): raise ValueError(f"TrainConfig: schedule must be 'constant' or 'cosine', got {self.schedule!r}")
-        if self.epochs < 1 and self.max_steps < 1: raise ValueError("TrainConfig: give epochs >= 1 or max_steps >= 1")
+        super().__post_init__()                                   # field types (core)
+        choices = dict(loss=LOSSES, positives=('pairs', 'labels'), multi_positive=MULTI_POSITIVE, soft_mode=SOFT_TARGET_MODES,
+                       optimizer=('adam', 'adamw'), schedule=('constant', 'cosine'))
+        for field, allowed in choices.items():
+            if getattr(self, field) not in allowed:
+                raise ConfigError(f"TrainConfig.{field}: expected one of {list(allowed)}, got {getattr(self, field)!r}")
+        for field, (ok, want) in _RANGES.items():
+            v = getattr(self, field)
+            try: good = not isinstance(v, bool) and bool(ok(v))
+            except TypeError: good = False
+            if not good: raise ConfigError(f"TrainConfig.{field}: must be {want}, got {v!r}")
+        if self.epochs < 1 and self.max_steps < 1: raise ConfigError("TrainConfig: give epochs >= 1 or max_steps >= 1")
         if self.positives == 'labels' and self.loss not in ('infonce', 'weighted'):
-            raise ValueError(f"TrainConfig: positives='labels' works with the in-batch losses 'infonce' and 'weighted', not {self.loss!r}")
-        if self.loss == 'memory-bank' and self.sampling.pairing != 'own':
-            raise ValueError("TrainConfig: the memory bank keeps one entry per clip for its own audio and video; "
-                             f"it needs pairing='own', not {self.sampling.pairing!r} (strategy {self.sampling.name!r})")
+            raise ConfigError(f"TrainConfig: positives='labels' works with the in-batch losses 'infonce' and 'weighted', not {self.loss!r}")
+        if self.positives == 'labels' and self.sampling.batch == 'hard-negative':
+            raise ConfigError("TrainConfig: positives='labels' with hard-negative batches makes every pair of a batch a positive "
+                              "(all its clips share one class): the loss is 0 and gives no gradient; use positives='pairs'")
+        if _is_bank(self.loss) and self.sampling.pairing != 'own':
+            raise ConfigError("TrainConfig: the memory bank keeps one entry per clip for its own audio and video; "
+                              f"it needs pairing='own', not {self.sampling.pairing!r} (strategy {self.sampling.name!r})")
 
     @classmethod
     def paper(cls, **overrides) -> 'TrainConfig':
-        "The soft-positive paper's run: R(2+1)D-18 + Conv2D-10, batch 309, 100 epochs, 112 px crops (PUBLISHED.md section 1)."
-        base = dict(preset='paper', crop=112, epochs=100, sampling=SamplingSpec(batch_size=309))
+        "The soft-positive paper's run: its R(2+1)D-18 + Conv2D-10 (preset 'paper'), frames resized to 112 x 112, batch 309, 100 epochs."
+        base = dict(preset='paper', resize=112, crop=0, epochs=100, sampling=SamplingSpec(batch_size=309, drop_last=True))
         return cls(**{**base, **overrides})
 
 # %% ../nbs/07_train.ipynb #3e5d81c2
@@ -112,10 +153,15 @@ def _step_rng(*keys) -> np.random.Generator:
     "A NumPy generator that depends only on `keys` (seed, epoch, step, ...), via notebook 05's `derive_seed`."
     return np.random.default_rng(derive_seed(*keys))
 
+def _rank_key(rank: int) -> tuple:
+    "Extra key of a per-step random stream: () on rank 0 (so a single process draws as it always did), (rank,) elsewhere."
+    return (int(rank),) if rank else ()
+
 class BatchStream:
     "Iterate (step, batch dict of torch tensors) for one epoch of `sampler`, prefetched in a thread, pinned for CUDA."
-    def __init__(self, cache: ClipCache, sampler, subset: np.ndarray, cfg: TrainConfig, strategy_labels: torch.Tensor, pin: bool = False):
-        self.cache, self.sampler, self.subset, self.cfg, self.pin = cache, sampler, subset, cfg, pin
+    def __init__(self, cache: ClipCache, sampler, subset: np.ndarray, cfg: TrainConfig, strategy_labels: torch.Tensor,
+                 pin: bool = False, rank: int = 0):
+        self.cache, self.sampler, self.subset, self.cfg, self.pin, self.rank = cache, sampler, subset, cfg, pin, rank
         self.strategy_labels = torch.as_tensor(strategy_labels)
         self.audio_samples = int(round(cfg.audio_seconds * cache.spec.sample_rate))
 
@@ -123,8 +169,9 @@ class BatchStream:
         "The batch of sampler step `step`: raw arrays for (audio position, video position) pairs of the subset, as tensors."
         ap = np.array([p[0] for p in pairs]); vp = np.array([p[1] for p in pairs])
         a, v = self.subset[ap], self.subset[vp]
+        g = _step_rng('windows', self.cfg.seed, epoch, step, *_rank_key(self.rank))
         b = self.cache.batch(a, video_indices=v, n_frames=self.cfg.n_frames, audio_samples=self.audio_samples,
-                             audio_offset=self.cfg.audio_offset, generator=_step_rng('windows', self.cfg.seed, epoch, step))
+                             audio_offset=self.cfg.audio_offset, generator=g)
         out = {k: torch.from_numpy(np.ascontiguousarray(b[k])) for k in ('frames', 'audio', 'index', 'video_index')}
         out['label'] = torch.from_numpy(self.cache.labels[a])                 # true labels (supervised loss)
         out['video_label'] = torch.from_numpy(self.cache.labels[v])
@@ -161,8 +208,9 @@ class BatchStream:
                 except queue.Empty: th.join(0.05)
 
 # %% ../nbs/07_train.ipynb #0e5e0843
-def augment_frames(frames: torch.Tensor, crop: int = 0, flip: bool = True, generator: torch.Generator | None = None) -> torch.Tensor:
-    "Random `crop` x `crop` crop (0: none) and horizontal flip per clip of uint8 frames (B, T, H, W, C), on their device."
+def augment_frames(frames: torch.Tensor, crop: int = 0, flip: bool = True, generator: torch.Generator | None = None,
+                   resize: int = 0) -> torch.Tensor:
+    "Random `crop` x `crop` crop (0: none), bilinear resize to `resize` x `resize` (0: none) and horizontal flip per clip of frames (B, T, H, W, C), on their device."
     B, T, H, W, C = frames.shape
     dev = frames.device
     if crop and crop < min(H, W):
@@ -173,6 +221,12 @@ def augment_frames(frames: torch.Tensor, crop: int = 0, flip: bool = True, gener
         frames = frames[torch.arange(B, device=dev)[:, None, None, None], torch.arange(T, device=dev)[None, :, None, None], rows, cols]
     elif crop and crop > min(H, W):
         raise ValueError(f"augment_frames: crop {crop} is larger than the frames ({H} x {W})")
+    if resize and tuple(frames.shape[2:4]) != (resize, resize):
+        h, w = frames.shape[2:4]
+        x = frames.reshape(B * T, h, w, C).permute(0, 3, 1, 2).float()
+        x = F.interpolate(x, size=(resize, resize), mode='bilinear', align_corners=False, antialias=True)
+        if frames.dtype == torch.uint8: x = x.round_().clamp_(0, 255)
+        frames = x.to(frames.dtype).permute(0, 2, 3, 1).reshape(B, T, resize, resize, C)
     if flip:
         f = (torch.rand(B, generator=generator) < 0.5).to(dev)
         frames = torch.where(f[:, None, None, None, None], frames.flip(3), frames)
@@ -182,35 +236,44 @@ def augment_frames(frames: torch.Tensor, crop: int = 0, flip: bool = True, gener
 def make_loss_modules(cfg: TrainConfig, n_items: int, n_classes: int, feat_dims: tuple, emb_dim: int) -> nn.ModuleDict:
     "The stateful parts of the loss: faulty-positive weights, memory bank, AVC classifier, supervised classifiers."
     m = nn.ModuleDict()
-    if cfg.loss in ('weighted', 'weighted-soft-target'):
-        m['weights'] = FaultyPositiveWeights(delta=cfg.w_delta, kappa=cfg.w_kappa, w_min=cfg.w_min)
-    if cfg.loss == 'memory-bank':
+    if _is_weighted(cfg.loss):
+        m['weights'] = FaultyPositiveWeights(delta=cfg.w_delta, kappa=cfg.w_kappa, w_min=cfg.w_min, momentum=cfg.w_momentum)
+    if _is_bank(cfg.loss):
         m['bank'] = MemoryBank(n_items, emb_dim, momentum=cfg.bank_momentum, n_negatives=min(cfg.bank_negatives, n_items - 1), tau=cfg.tau)
     if cfg.loss == 'avc-binary':
         m['avc'] = AVCClassifier(emb_dim, emb_dim)
     if cfg.sampling.supervised:
-        if n_classes < 2: raise ValueError(f"supervised training needs at least 2 classes, the data has {n_classes}")
+        if n_classes < 2: raise AvcError(f"supervised training needs at least 2 classes, the data has {n_classes}")
         m['cls_audio'], m['cls_video'] = nn.Linear(feat_dims[0], n_classes), nn.Linear(feat_dims[1], n_classes)
     return m
 
-def compute_loss(cfg: TrainConfig, emb, batch: dict, mods: nn.ModuleDict, step: int, world: int = 1) -> tuple[torch.Tensor, dict]:
+def compute_loss(cfg: TrainConfig, emb, batch: dict, mods: nn.ModuleDict, step: int, world: int = 1,
+                 rank: int = 0) -> tuple[torch.Tensor, dict]:
     "Loss of one step and extra metrics; `batch` holds labels/indices on the device, `emb` is `AVModel`'s output."
     extra = {}
     if cfg.sampling.supervised:
         y = batch['label']
-        if (y < 0).any(): raise ValueError("supervised loss: the batch has unlabelled clips")
+        if (y < 0).any(): raise AvcError("supervised loss: the batch has unlabelled clips")
         la, lv = mods['cls_audio'](emb.audio_features.float()), mods['cls_video'](emb.video_features.float())
         extra['acc_audio'] = (la.argmax(1) == y).float().mean().item()
         return 0.5 * (F.cross_entropy(la, y) + F.cross_entropy(lv, batch['video_label'])), extra
     a, v = emb.audio.float(), emb.video.float()
-    if cfg.loss == 'memory-bank':
-        g = keyed_generator('bank-negatives', cfg.seed, step)
-        loss = mods['bank'].loss(a, v, batch['index'], generator=g)
+    if _is_bank(cfg.loss):
+        g = keyed_generator('bank-negatives', cfg.seed, step, *_rank_key(rank))
+        weights = None
+        if 'weights' in mods:   # robust xID's faulty-positive weights on the memory-bank loss
+            s = pair_similarity(a.detach(), v.detach())
+            if mods['weights'].training: mods['weights'].update(gather_with_grad(s))   # statistics of the global batch
+            weights = mods['weights'].weight(s)
+            extra['w_mean'] = weights.mean().item()
+        lam = cfg.lam if _is_soft(cfg.loss) else 0.0
+        loss = mods['bank'].loss(a, v, batch['index'], generator=g, weights=weights, lam=lam, soft_mode=cfg.soft_mode,
+                                 t_s=cfg.t_s, t_t=cfg.t_t)
         with torch.no_grad():
             mods['bank'].update(gather_with_grad(batch['index']), gather_with_grad(a.detach()), gather_with_grad(v.detach()))
         return loss, extra
     if cfg.loss == 'avc-binary':
-        g = keyed_generator('avc-shift', cfg.seed, step)
+        g = keyed_generator('avc-shift', cfg.seed, step, *_rank_key(rank))
         loss, acc = avc_binary_loss(mods['avc'], a, v, generator=g)
         extra['avc_acc'] = acc.item()
         return loss, extra
@@ -220,11 +283,11 @@ def compute_loss(cfg: TrainConfig, emb, batch: dict, mods: nn.ModuleDict, step: 
         ya, yv = gather_with_grad(batch['strategy_label']), gather_with_grad(batch['strategy_video_label'])
         mask = positive_mask(ya, yv) | torch.eye(len(ya), dtype=torch.bool, device=ya.device)
     weights = None
-    if cfg.loss in ('weighted', 'weighted-soft-target'):
+    if _is_weighted(cfg.loss):
         weights = mods['weights'](pair_similarity(a.detach(), v.detach()))
         extra['w_mean'] = weights.mean().item()
-    if cfg.loss == 'infonce': loss = infonce(a, v, cfg.tau, pos_mask=mask)
-    elif cfg.loss == 'weighted': loss = weighted_infonce(a, v, cfg.tau, weights=weights, pos_mask=mask)
+    if cfg.loss == 'infonce': loss = infonce(a, v, cfg.tau, pos_mask=mask, multi_positive=cfg.multi_positive)
+    elif cfg.loss == 'weighted': loss = weighted_infonce(a, v, cfg.tau, weights=weights, pos_mask=mask, multi_positive=cfg.multi_positive)
     else: loss = soft_target_infonce(a, v, cfg.tau, lam=cfg.lam, mode=cfg.soft_mode, t_s=cfg.t_s, t_t=cfg.t_t, weights=weights)
     return loss * world, extra  # DDP averages gradients over processes; the gathered loss is global, so scale back
 
@@ -236,22 +299,70 @@ def lr_lambda(step: int, total: int, warmup: int = 0, schedule: str = 'constant'
     t = min(1.0, (step - warmup) / max(1, total - warmup))
     return 0.5 * (1 + math.cos(math.pi * t))
 
+class CheckpointError(AvcError, ValueError):
+    "A checkpoint that cannot be read (empty, truncated, not a torch file, not from avc_nb) or lacks what is needed."
+
+class CheckpointNotFound(AvcError, FileNotFoundError):
+    "No checkpoint at the path given."
+
+class CheckpointWriteError(AvcError, OSError):
+    "A checkpoint could not be written (full disk, a folder that is a file, ...); the message names the cause."
+
+class TrainingDiverged(AvcError, RuntimeError):
+    "The loss became NaN or infinite; the message names the step and the last good checkpoint."
+
+class ConfigMismatch(AvcError, ValueError):
+    "Resuming a run folder with a config that differs from the one its checkpoint was made with."
+
+CHECKPOINT_KEYS = ('step', 'epoch', 'model', 'loss_modules', 'optimizer', 'scheduler', 'sampler', 'rng', 'config')
+
 def save_checkpoint(state: dict, path) -> Path:
-    "torch.save `state` to `path` atomically (temporary file in the same folder, then rename)."
-    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
+    "torch.save `state` to `path` atomically (temporary file in the same folder, flushed to disk, then renamed)."
+    path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, 'wb') as f:                      # a Python file: a full disk raises OSError with its errno
+            torch.save(state, f); f.flush(); os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except (OSError, RuntimeError) as e:
+        try: tmp.unlink()                               # never leave a half-written file behind
+        except OSError: pass
+        why = f"{e.strerror} [errno {e.errno}]" if isinstance(e, OSError) and e.strerror else f"{type(e).__name__}: {e}"
+        raise CheckpointWriteError(f"{path}: the checkpoint could not be written ({why}); "
+                                   "the previous checkpoint, if any, is unchanged") from e
     return path
 
-def load_checkpoint(path, map_location='cpu') -> dict:
-    "Load a checkpoint with `weights_only=True` (no code runs from the file); a clear error if it is missing."
-    path = Path(path)
-    if not path.exists(): raise FileNotFoundError(f"checkpoint not found: {path}")
-    return torch.load(path, map_location=map_location, weights_only=True)
+def _unpickle_reason(e: Exception) -> str:
+    "A short reason for a failed weights-only load, without torch's advice to turn the safety off."
+    msg = str(e)
+    if isinstance(e, EOFError): return "the file ends too early (EOFError)"
+    if 'zip archive' in msg: return f"truncated or damaged: {msg.split('.')[0]}"
+    g = re.search(r'GLOBAL\s+([\w.]+)', msg)
+    if g: return f"it asks to build the Python object {g.group(1)}, which could run code, so loading was refused"
+    if 'WeightsUnpickler error:' in msg:
+        return f"not a torch checkpoint: {msg.split('WeightsUnpickler error:', 1)[1].strip().split(chr(10))[0].strip()}"
+    if 'Weights only load failed' in msg: return "not a torch checkpoint"
+    first = msg.strip().split('\n')[0][:160]
+    return f"{type(e).__name__}: {first}" if first else type(e).__name__
 
-class TrainingDiverged(RuntimeError):
-    "The loss became NaN or infinite; the message names the step and the last good checkpoint."
+def load_checkpoint(path, map_location='cpu', require=('config', 'model')) -> dict:
+    "Load a checkpoint with `weights_only=True` (no code runs from the file); an `AvcError` naming the file if it is unusable."
+    path = Path(path)
+    if not path.exists(): raise CheckpointNotFound(f"checkpoint not found: {path}")
+    def bad(why): return CheckpointError(f"{path}: not a readable avc_nb checkpoint ({why}); no code was run")
+    if path.is_dir(): raise bad("it is a folder")
+    if path.stat().st_size == 0: raise bad("the file is empty")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore')               # torch's notes on pickle protocols are not the user's business
+            st = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e: raise bad(_unpickle_reason(e)) from None
+    if not isinstance(st, dict): raise bad(f"it holds a {type(st).__name__}, not a dict of training state")
+    missing = [k for k in require if k not in st]
+    if missing: raise bad(f"it has no {', '.join(repr(k) for k in missing)} entry")
+    if 'config' in require and not isinstance(st['config'], dict): raise bad("its 'config' entry is not a mapping")
+    return st
 
 # %% ../nbs/07_train.ipynb #ba4d22c5
 def init_distributed(device: str = '') -> tuple[int, int, torch.device]:
@@ -282,39 +393,84 @@ def training_subset(cache: ClipCache, split: str = 'train', clips_per_class: int
         keep[pos[:clips_per_class]] = True
     return idx[keep]
 
+# %% ../nbs/07_train.ipynb #b7lock01
+class RunFolderLocked(AvcError):
+    "Another process is training in this run folder; the message names it (pid, host, start time)."
+
+class RunLock:
+    "An exclusive lock on a run folder (`flock` on `folder/.lock`), held while a run writes there; the file names the holder."
+    def __init__(self, folder):
+        self.folder, self.fd = Path(folder), None
+        self.path = self.folder / '.lock'
+
+    def acquire(self) -> 'RunLock':
+        if fcntl is None or self.fd is not None: return self          # no POSIX locks here (Windows), or already held
+        self.folder.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try: fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:                                                 # held by another open file: another run
+            holder = os.pread(fd, 512, 0).decode(errors='replace').strip() or 'a process that is just starting'
+            os.close(fd)
+            raise RunFolderLocked(f"{self.folder}: the run folder is in use by another run ({holder}); "
+                                  "wait for it to end, or choose another out_dir") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on host {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode(), 0)
+        self.fd = fd
+        return self
+
+    def release(self):
+        if self.fd is None: return
+        try: os.ftruncate(self.fd, 0)
+        finally:
+            fcntl.flock(self.fd, fcntl.LOCK_UN); os.close(self.fd); self.fd = None
+
+    def __enter__(self): return self.acquire()
+    def __exit__(self, *exc): self.release()
+
 # %% ../nbs/07_train.ipynb #83458307
 class Trainer:
-    "Builds model, data, sampler, losses and optimiser from a `TrainConfig`; `fit()` trains, resuming from `out_dir` when a checkpoint is there."
-    def __init__(self, cfg: TrainConfig, pseudo=None, callbacks=(), cache: ClipCache | None = None):
-        self.cfg, self.callbacks = cfg, list(callbacks)
+    "Builds model, data, sampler, losses and optimiser from a `TrainConfig` (or takes `model`, `objective`, `sampler`); `fit()` trains, resuming from `out_dir`."
+    def __init__(self, cfg: TrainConfig, pseudo=None, callbacks=(), cache: ClipCache | None = None,
+                 model: nn.Module | None = None, objective=None, sampler=None):
+        self.cfg, self.callbacks, self.objective = cfg, list(callbacks), objective
+        self.out = Path(cfg.out_dir)
         self.rank, self.world, self.device = init_distributed(cfg.device)
+        if self.rank == 0:               # before anything is built: a run that cannot save must not start
+            ensure_writable_dir(self.out, 'run folder (out_dir)')
+            RunLock(self.out).acquire().release()   # another run there stops this one now, not after the set-up
         seed_everything(cfg.seed)
-        if not cfg.cache_dir and cache is None: raise ValueError("TrainConfig.cache_dir is empty: point it at a cache made by prepare_cache")
+        if not cfg.cache_dir and cache is None: raise ConfigError("TrainConfig.cache_dir is empty: point it at a cache made by prepare_cache")
         self.cache = cache if cache is not None else ClipCache(cfg.cache_dir)
         self.subset = training_subset(self.cache, cfg.split, cfg.clips_per_class)
-        if len(self.subset) == 0: raise ValueError(f"{self.cache.dir}: no clips in split {cfg.split!r} (splits: {sorted(set(self.cache.splits))})")
+        if len(self.subset) == 0: raise AvcError(f"{self.cache.dir}: no clips in split {cfg.split!r} (splits: {sorted(set(self.cache.splits))})")
         self.true_labels = torch.as_tensor(self.cache.labels[self.subset])
         if pseudo is not None:
             pseudo = torch.as_tensor(np.asarray(pseudo))
-            if len(pseudo) != len(self.cache): raise ValueError(f"pseudo: {len(pseudo)} labels for a cache of {len(self.cache)} clips")
+            if len(pseudo) != len(self.cache): raise AvcError(f"pseudo: {len(pseudo)} labels for a cache of {len(self.cache)} clips")
             pseudo = pseudo[self.subset]
         self.strategy_labels = resolve_labels(cfg.sampling, self.true_labels, seed=cfg.seed, pseudo=pseudo)
-        self.sampler = make_sampler(cfg.sampling, self.true_labels, seed=cfg.seed, pseudo=pseudo,
-                                    num_replicas=self.world, rank=self.rank)
+        self._check_unlabelled()
+        self.sampler = (make_sampler(cfg.sampling, self.true_labels, seed=cfg.seed, pseudo=pseudo, num_replicas=self.world, rank=self.rank)
+                        if sampler is None else self._own_sampler(sampler))
         self.steps_per_epoch = len(self.sampler.batch_sampler.global_batches())
-        if self.steps_per_epoch == 0: raise ValueError(f"the sampler makes no batches from {len(self.subset)} clips with batch size {cfg.sampling.batch_size}")
+        if self.steps_per_epoch == 0: raise AvcError(f"the sampler makes no batches from {len(self.subset)} clips with batch size {cfg.sampling.batch_size}")
+        self._check_batch_sizes()
         self.total_steps = cfg.max_steps if cfg.max_steps > 0 else cfg.epochs * self.steps_per_epoch
-        self.out = Path(cfg.out_dir)
-        self.model = self._build_model().to(self.device)
-        if self.device.type == 'cuda' and cfg.channels_last: self.model.to_channels_last()
-        f_dims = (self.model.audio.out_dim, self.model.video.out_dim)
-        self.loss_mods = make_loss_modules(cfg, len(self.cache), len(self.cache.classes), f_dims, cfg.proj_dim).to(self.device)
+        self.model = (self._build_model() if model is None else model).to(self.device)
+        if self.device.type == 'cuda' and cfg.channels_last and hasattr(self.model, 'to_channels_last'): self.model.to_channels_last()
+        if objective is None:
+            enc = lambda name: getattr(getattr(self.model, name, None), 'out_dim', None)
+            self.loss_mods = make_loss_modules(cfg, len(self.cache), len(self.cache.classes), (enc('audio'), enc('video')), cfg.proj_dim)
+        else:   # a custom objective: its parameters (if it is a module) are optimised and checkpointed like the loss modules
+            self.loss_mods = nn.ModuleDict({'objective': objective} if isinstance(objective, nn.Module) else {})
+        self.loss_mods = self.loss_mods.to(self.device)
         params = list(self.model.parameters()) + list(self.loss_mods.parameters())
         opt = torch.optim.AdamW if cfg.optimizer == 'adamw' else torch.optim.Adam
         self.optimizer = opt(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: lr_lambda(s, self.total_steps, cfg.warmup_steps, cfg.schedule))
-        self.step, self.history = 0, []
+        self.step, self.history, self.complete = 0, [], False
+        self._epoch_loss = dict(epoch=0, sum=0.0, count=0)   # running sum of the current epoch's step losses
         self.net = self.model
         if self.world > 1:
             self.net = nn.parallel.DistributedDataParallel(self.model, device_ids=[self.device.index] if self.device.type == 'cuda' else None)
@@ -330,6 +486,48 @@ class Trainer:
         return build_av_model(preset=cfg.preset, head=cfg.head, proj_dim=cfg.proj_dim, logmel=logmel,
                               band_norm=BandNorm(mean, std), n_audio_frames=n_audio_frames)
 
+    def _own_sampler(self, sampler):
+        "A sampler given by the caller: a `PairedBatchSampler`, or a batch sampler of notebook 05 (each clip with its own video)."
+        if isinstance(sampler, LabelBatchSampler): sampler = PairedBatchSampler(sampler)
+        for need in ('batch_sampler', 'set_epoch', 'resume_step', 'state_dict', 'load_state_dict'):
+            if not hasattr(sampler, need):
+                raise AvcError(f"Trainer: sampler={type(sampler).__name__} has no {need!r}; give a PairedBatchSampler or a "
+                               "batch sampler of notebook 05 (or an object with their methods)")
+        n = len(sampler.batch_sampler.index)
+        if n != len(self.subset): raise AvcError(f"Trainer: the sampler indexes {n} clips, the training subset has {len(self.subset)}")
+        return sampler
+
+    # -- checks made before training starts ----------------------------------------------------
+    def _check_unlabelled(self):
+        "Refuse supervised training with unlabelled clips; say how many unlabelled clips a label-aware strategy sees."
+        cfg, n = self.cfg, len(self.subset)
+        if cfg.sampling.supervised:
+            k = int((self.true_labels < 0).sum())
+            if k: raise AvcError(f"{self.cache.dir}: supervised training needs a label for every clip, but {k} of the {n} clips "
+                                 f"of split {cfg.split!r} are unlabelled (label -1); label them or train another strategy")
+            return
+        k = int((self.strategy_labels < 0).sum())
+        effects = []
+        if cfg.sampling.batch != 'random': effects.append(f"{cfg.sampling.batch} batches leave them out")
+        if cfg.sampling.pairing == 'same-class' and cfg.sampling.p > 0: effects.append("they keep their own video (no same-class video)")
+        if cfg.positives == 'labels': effects.append("positives='labels' gives them no positive but their own pair")
+        if k and effects and self.rank == 0:
+            print(f"Warning: {k} of the {n} training clips are unlabelled (label -1) and strategy {cfg.sampling.name!r} "
+                  f"reads labels: {'; '.join(effects)}", file=sys.stderr)
+
+    def _check_batch_sizes(self):
+        "The rule: every process gets at least 2 clips of every batch (BatchNorm needs 2, InfoNCE a negative); decided here, not mid-run."
+        sizes = [len(b) for b in self.sampler.batch_sampler.global_batches()]
+        small = sorted(s for s in sizes if s // self.world < 2)
+        if not small: return
+        sp, n = self.cfg.sampling, len(self.subset)
+        per = f" ({self.world} processes, so {small[0] // self.world} per process)" if self.world > 1 else ""
+        raise AvcError(f"TrainConfig.sampling: the {sp.batch} sampler makes {len(small)} batch(es) of {small[0]} clip(s){per} "
+                       f"from {n} clips in batches of {sp.batch_size} (drop_last={sp.drop_last}; {n} % {sp.batch_size} = "
+                       f"{n % sp.batch_size}); training needs at least 2 clips per batch and process (BatchNorm, negatives). "
+                       "Set sampling.drop_last=True to drop the last partial batch, as the authors' DataLoader does, "
+                       "or choose a batch size that leaves no single clip")
+
     # -- checkpoints --------------------------------------------------------------------------
     @property
     def ckpt_path(self) -> Path: return self.out / 'checkpoints' / 'last.pt'
@@ -338,39 +536,72 @@ class Trainer:
         return dict(step=self.step, epoch=self.sampler.epoch, model=self.model.state_dict(),
                     loss_modules=self.loss_mods.state_dict(), optimizer=self.optimizer.state_dict(),
                     scheduler=self.scheduler.state_dict(), sampler=self.sampler.state_dict(steps_done_in_epoch),
-                    rng=dict(torch=torch.get_rng_state()), config=self.cfg.to_dict(), sample_rate=self.cache.spec.sample_rate)
+                    rng=dict(torch=torch.get_rng_state()), config=self.cfg.to_dict(), sample_rate=self.cache.spec.sample_rate,
+                    epoch_loss=dict(self._epoch_loss))
 
     def save(self, steps_done_in_epoch: int, path=None) -> Path | None:
         if self.rank != 0: return None
         return save_checkpoint(self.state_dict(steps_done_in_epoch), path or self.ckpt_path)
 
     def load(self, path=None):
-        st = load_checkpoint(path or self.ckpt_path, map_location=self.device)
+        path = path or self.ckpt_path
+        st = load_checkpoint(path, map_location=self.device, require=CHECKPOINT_KEYS)
         mine, theirs = self.cfg.to_dict(), st['config']
+        try: theirs = TrainConfig.from_dict(theirs).to_dict()   # fields added since the checkpoint was made take their defaults
+        except Exception: pass
         ignore = {'epochs', 'max_steps', 'progress', 'checkpoint_every', 'log_every', 'prefetch', 'device', 'compile', 'out_dir', 'cache_dir'}
         diff = sorted(k for k in set(mine) | set(theirs) if k not in ignore and mine.get(k) != theirs.get(k))
-        if diff: raise ValueError(f"{path or self.ckpt_path}: the checkpoint was made with a different config ({', '.join(diff)}); "
-                                  f"use another out_dir or the same config")
+        if diff: raise ConfigMismatch(f"{path}: the checkpoint was made with a different config ({', '.join(diff)}); "
+                                      f"use another out_dir or the same config")
         self.model.load_state_dict(st['model']); self.loss_mods.load_state_dict(st['loss_modules'])
         self.optimizer.load_state_dict(st['optimizer']); self.scheduler.load_state_dict(st['scheduler'])
         self.sampler.load_state_dict(st['sampler']); torch.set_rng_state(st['rng']['torch'].cpu())
         self.step = int(st['step'])
+        # the loss sum of the epoch in progress (checkpoints written before it was stored: from the resume point on)
+        el = st.get('epoch_loss') or {}
+        self._epoch_loss = (dict(epoch=int(el['epoch']), sum=float(el['sum']), count=int(el['count']))
+                            if el.get('epoch') == self.sampler.epoch else dict(epoch=self.sampler.epoch, sum=0.0, count=0))
         return st
 
     # -- logging ------------------------------------------------------------------------------
+    LOG_FIELDS = ('step', 'epoch', 'loss', 'lr', 'clips_per_s', 'seconds')
+
+    def _read_log(self) -> list[dict]:
+        "The rows of `log.csv` up to the current step, as dicts of floats."
+        path = self.out / 'log.csv'
+        if not path.exists(): return []
+        with open(path, newline='') as f:
+            return [{k: float(v) for k, v in r.items()} for r in csv.DictReader(f)
+                    if r.get('step') not in (None, '') and int(float(r['step'])) <= self.step]
+
     def _open_log(self, resumed: bool):
         if self.rank != 0: return None
-        self.out.mkdir(parents=True, exist_ok=True)
         path = self.out / 'log.csv'
-        rows = []
-        if resumed and path.exists():  # keep what was logged up to the checkpoint, drop steps that will be redone
-            with open(path, newline='') as f: rows = [r for r in csv.DictReader(f) if int(r['step']) <= self.step]
-        self.history = [{k: float(v) for k, v in r.items()} for r in rows]
+        rows = self._read_log() if resumed else []   # keep what was logged up to the checkpoint, drop steps that will be redone
+        self.history = rows
         f = open(path, 'w', newline='')
-        w = csv.writer(f); w.writerow(['step', 'epoch', 'loss', 'lr', 'clips_per_s', 'seconds'])
-        for r in rows: w.writerow([r[k] for k in ('step', 'epoch', 'loss', 'lr', 'clips_per_s', 'seconds')])
+        w = csv.writer(f); w.writerow(self.LOG_FIELDS)
+        for r in rows: w.writerow([int(r[k]) if k in ('step', 'epoch') else r[k] for k in self.LOG_FIELDS])
         f.flush()
         return f, w
+
+    def _trim_epochs(self, before_epoch: int):
+        "Keep the lines of `epochs.jsonl` for epochs before `before_epoch` (the checkpoint's epoch, or 0 for a fresh run)."
+        path = self.out / 'epochs.jsonl'
+        if self.rank != 0 or not path.exists(): return
+        keep = []
+        for line in path.read_text().splitlines():
+            try: rec = json.loads(line)
+            except json.JSONDecodeError: continue       # a line cut by a kill
+            if isinstance(rec, dict) and rec.get('epoch', before_epoch) < before_epoch: keep.append(line)
+        tmp = path.with_name('.epochs.jsonl.tmp')
+        tmp.write_text(''.join(l + '\n' for l in keep)); os.replace(tmp, path)
+
+    def _write_epoch(self, complete: bool):
+        el = self._epoch_loss
+        if self.rank != 0 or not el['count']: return
+        rec = dict(epoch=el['epoch'], step=self.step, loss=el['sum'] / el['count'], steps=el['count'], complete=complete)
+        with open(self.out / 'epochs.jsonl', 'a') as f: f.write(json.dumps(rec) + '\n')
 
     # -- the loop -----------------------------------------------------------------------------
     def _to_device(self, b: dict) -> dict:
@@ -379,12 +610,16 @@ class Trainer:
 
     def train_step(self, b: dict) -> tuple[float, dict]:
         cfg = self.cfg
-        g = keyed_generator('augment', cfg.seed, self.step)   # crop offsets and flips
-        frames = augment_frames(b['frames'], cfg.crop, cfg.flip, generator=g)
+        g = keyed_generator('augment', cfg.seed, self.step, *_rank_key(self.rank))   # crop offsets and flips
+        frames = augment_frames(b['frames'], cfg.crop, cfg.flip, generator=g, resize=cfg.resize)
         self.net.train(); self.loss_mods.train()
         with autocast(self.device):
-            emb = self.net(b['audio'], frames)
-            loss, extra = compute_loss(cfg, emb, b, self.loss_mods, self.step, self.world)
+            out = self.net(b['audio'], frames)
+            if self.objective is None: loss, extra = compute_loss(cfg, out, b, self.loss_mods, self.step, self.world, rank=self.rank)
+            else:
+                r = self.objective(out, b)
+                loss, extra = r if isinstance(r, tuple) else (r, {})
+                extra = {k: float(v) for k, v in dict(extra).items()}
         if not torch.isfinite(loss).item():
             raise TrainingDiverged(f"loss became {loss.item()} at step {self.step + 1}; training stopped. "
                                    f"Last good checkpoint: {self.ckpt_path if self.ckpt_path.exists() else 'none written yet'}")
@@ -392,42 +627,58 @@ class Trainer:
         loss.backward()
         if cfg.grad_clip > 0: extra['grad_norm'] = float(nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip))
         self.optimizer.step(); self.scheduler.step()
-        return loss.item() / self.world, extra
+        return loss.item() / (self.world if self.objective is None else 1), extra   # compute_loss scales by world
 
     def fit(self, resume: bool = True) -> list[dict]:
         "Train until `epochs` (or `max_steps`); resume from `out_dir/checkpoints/last.pt` when `resume` and it exists."
+        lock = RunLock(self.out).acquire() if self.rank == 0 else None   # one run per folder at a time
+        try: return self._fit(resume)
+        finally:
+            if lock: lock.release()
+
+    def _fit(self, resume: bool) -> list[dict]:
         cfg = self.cfg
         resumed = resume and self.ckpt_path.exists()
         if resumed: self.load()
-        if self.rank == 0:
-            self.out.mkdir(parents=True, exist_ok=True); cfg.to_yaml(self.out / 'config.yaml')
+        if resumed and self.step >= self.total_steps:   # nothing left to do: say so, touch nothing
+            self.history, self.complete = self._read_log(), True
+            if self.rank == 0:
+                print(f"{self.out}: the run is complete ({self.step} steps; this config asks for {self.total_steps}). "
+                      "Nothing to train; raise epochs or max_steps to continue it.")
+            return self.history
+        if not resumed: self._epoch_loss = dict(epoch=self.sampler.epoch, sum=0.0, count=0)
+        if self.rank == 0: cfg.to_yaml(self.out / 'config.yaml')
+        self._trim_epochs(self.sampler.epoch if resumed else 0)
         log = self._open_log(resumed)
-        stream = BatchStream(self.cache, self.sampler, self.subset, cfg, self.strategy_labels, pin=self.device.type == 'cuda')
+        stream = BatchStream(self.cache, self.sampler, self.subset, cfg, self.strategy_labels,
+                             pin=self.device.type == 'cuda', rank=self.rank)
         bar = tqdm(total=self.total_steps, initial=self.step, desc='train', unit='step', disable=not cfg.progress or self.rank != 0)
         t_last = time.perf_counter()
         try:
             epoch = self.sampler.epoch
+            done = self.sampler.resume_step
             while self.step < self.total_steps:
                 self.sampler.set_epoch(epoch)
-                losses, done = [], self.sampler.resume_step  # batches of this epoch already trained on
+                if self._epoch_loss['epoch'] != epoch: self._epoch_loss = dict(epoch=epoch, sum=0.0, count=0)
+                done = self.sampler.resume_step  # batches of this epoch already trained on
                 for ep_step, b in stream:
                     if self.step >= self.total_steps: break
                     b = self._to_device(b)
                     loss, extra = self.train_step(b)
-                    self.step += 1; losses.append(loss)
+                    self.step += 1
+                    self._epoch_loss['sum'] += loss; self._epoch_loss['count'] += 1
                     now = time.perf_counter(); dt, t_last = now - t_last, now
                     m = dict(step=self.step, epoch=epoch, loss=loss, lr=self.scheduler.get_last_lr()[0],
                              clips_per_s=len(b['index']) * self.world / max(dt, 1e-9), seconds=dt, **extra)
                     self.history.append(m)
                     if log and (self.step % cfg.log_every == 0 or self.step == self.total_steps):
-                        log[1].writerow([m[k] for k in ('step', 'epoch', 'loss', 'lr', 'clips_per_s', 'seconds')]); log[0].flush()
+                        log[1].writerow([m[k] for k in self.LOG_FIELDS]); log[0].flush()
                     bar.update(1); bar.set_postfix(loss=f"{loss:.4f}", lr=f"{m['lr']:.2e}", clips_s=f"{m['clips_per_s']:.0f}")
                     for cb in self.callbacks: cb(self, m)
                     done = ep_step + 1  # the prefetch thread may have drawn further batches: count only the trained ones
                     if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0: self.save(done)
-                if losses and self.rank == 0:
-                    with open(self.out / 'epochs.jsonl', 'a') as f:
-                        f.write(json.dumps(dict(epoch=epoch, step=self.step, loss=float(np.mean(losses)))) + '\n')
+                complete = done >= len(self.sampler.batch_sampler.global_batches())
+                if complete or self.step >= self.total_steps: self._write_epoch(complete)
                 if self.step < self.total_steps: epoch += 1
             self.save(done)
         finally:
@@ -458,20 +709,21 @@ def load_model(checkpoint, device=None):
 
 # %% ../nbs/07_train.ipynb #a8126c0a
 class LivePlot:
-    "Callback: redraw the training-loss curve (and its running mean) in the notebook every `every` steps."
-    def __init__(self, every: int = 10, title: str = 'training loss'):
-        self.every, self.title, self.handle = every, title, None
+    "Callback: redraw the step losses, the epoch means and (given `chance`) the chance level in the notebook every `every` steps."
+    def __init__(self, every: int = 10, title: str = 'training loss', chance: float | None = None):
+        self.every, self.title, self.chance, self.handle = every, title, chance, None
     def __call__(self, trainer, m):
         if m['step'] % self.every and m['step'] != trainer.total_steps: return
         import matplotlib.pyplot as plt
         from IPython.display import display
         h = trainer.history
-        steps, loss = [r['step'] for r in h], np.array([r['loss'] for r in h])
-        fig, ax = plt.subplots(figsize=(5, 2.5))
-        ax.plot(steps, loss, alpha=0.4, label='step')
-        k = max(1, len(loss) // 10)
-        if len(loss) >= k: ax.plot(steps[k - 1:], np.convolve(loss, np.ones(k) / k, 'valid'), label=f'mean of {k}')
-        ax.set_xlabel('step'); ax.set_ylabel('loss'); ax.set_title(self.title); ax.legend()
+        steps, loss, epochs = np.array([r['step'] for r in h]), np.array([r['loss'] for r in h]), np.array([r['epoch'] for r in h])
+        fig, ax = plt.subplots(figsize=(5.5, 2.8))
+        ax.plot(steps, loss, alpha=0.35, label='step')
+        ends = [(steps[epochs == e].max(), loss[epochs == e].mean()) for e in np.unique(epochs)]
+        ax.plot(*zip(*ends), 'o-', ms=3, label='epoch mean')
+        if self.chance is not None: ax.axhline(self.chance, color='k', ls='--', lw=1, label=f'chance ({self.chance:.2f})')
+        ax.set_xlabel('step'); ax.set_ylabel('loss'); ax.set_title(self.title); ax.legend(fontsize=8)
         if self.handle is None: self.handle = display(fig, display_id=True)
         else: self.handle.update(fig)
         plt.close(fig)
