@@ -44,11 +44,15 @@ def audio_player(audio, sample_rate: int, normalize: bool = False) -> W.Audio:
     "An `ipywidgets.Audio` player of `audio` (see `wav_bytes`), not started automatically."
     return W.Audio(value=wav_bytes(audio, sample_rate, normalize), format='wav', autoplay=False, loop=False)
 
-def fig_png(fig, dpi: int = 72) -> bytes:
-    "PNG bytes of a matplotlib figure."
+def fig_png(fig, dpi: int = 72, format: str = 'png', **pil_kwargs) -> bytes:
+    "PNG (or `format='jpeg'`, with e.g. `quality=75`) bytes of a matplotlib figure."
     buf = io.BytesIO()
-    fig.savefig(buf, format='png', dpi=dpi, bbox_inches='tight')
+    fig.savefig(buf, format=format, dpi=dpi, bbox_inches='tight', **({'pil_kwargs': pil_kwargs} if pil_kwargs else {}))
     return buf.getvalue()
+
+def _still(fig, dpi: int) -> str:
+    "A compact JPEG of `fig`, base64: the picture a page without a kernel shows in place of a live view."
+    return base64.b64encode(fig_png(fig, dpi, format='jpeg', quality=75)).decode()
 
 # %% ../nbs/14_widgets.ipynb #w10
 class View:
@@ -78,13 +82,19 @@ class View:
         self._after(self.state)
         return self.state
 
+    def _layout(self) -> list: return [self.image]
+
     @property
-    def widget(self) -> W.Widget: return W.VBox([self.image])
+    def widget(self) -> W.Widget:
+        "The view as one widget (built once), with the CSS class `avc-<class name>` for browser tests."
+        if getattr(self, '_box', None) is None:
+            self._box = W.VBox(self._layout()); self._box.add_class(f"avc-{type(self).__name__.lower()}")
+        return self._box
 
     def _repr_mimebundle_(self, **kwargs):
         data = self.widget._repr_mimebundle_(**kwargs)
         data = data[0] if isinstance(data, tuple) else dict(data)
-        if self.image.value: data['image/png'] = base64.b64encode(bytes(self.image.value)).decode()
+        if self.fig is not None: data['image/jpeg'] = _still(self.fig, self.dpi)
         data['text/plain'] = repr(self)
         return data
 
@@ -188,9 +198,8 @@ class ClipBrowser(View):
                  for j, o in enumerate(st['objects'])]
         self.info.value = ('<table>' + ''.join(f"<tr><td><b>{k}</b></td><td>{v}</td></tr>" for k, v in rows) + '</table>')
 
-    @property
-    def widget(self) -> W.Widget:
-        return W.VBox([W.HBox([self.clip, self.n_frames]), self.image, W.HBox([self.player, self.normalize]), self.info])
+    def _layout(self) -> list:
+        return [W.HBox([self.clip, self.n_frames]), self.image, W.HBox([self.player, self.normalize]), self.info]
 
     def __repr__(self): return f"ClipBrowser({len(self.clip.options)} clips, showing {self.state.get('clip_id')})"
 
@@ -284,10 +293,9 @@ class PairingExplorer(View):
                               f"{len(np.unique(st['audio_labels']))} classes in the batch; "
                               f"{int(st['target'].sum())} positives in the target matrix")
 
-    @property
-    def widget(self) -> W.Widget:
-        return W.VBox([W.HBox([self.strategy, self.p]), W.HBox([self.batch_size, self.positives]),
-                       W.HBox([self.batch_no, self.next_button]), self.image, self.summary])
+    def _layout(self) -> list:
+        return [W.HBox([self.strategy, self.p]), W.HBox([self.batch_size, self.positives]),
+                W.HBox([self.batch_no, self.next_button]), self.image, self.summary]
 
     def __repr__(self): return f"PairingExplorer({len(self.subset)} clips, {self.strategy.value}, p={self.p.value})"
 
@@ -343,15 +351,20 @@ class TrainingMonitor:
         ax.set_xlim(0, max(self.total, 1)); ax.set_xlabel('step'); ax.set_ylabel('loss'); ax.legend(fontsize=7)
         ax2.plot(self.steps, self.speeds, color='tab:green'); ax2.set_xlabel('step'); ax2.set_ylabel('clips/s', color='tab:green')
         ax3 = ax2.twinx(); ax3.plot(self.steps, self.lrs, color='tab:purple'); ax3.set_ylabel('learning rate', color='tab:purple')
+        ax3.set_ylim(0, 1.15 * max(self.lrs))
         self.fig = fig
         self.image.value = fig_png(fig, self.dpi)
 
     @property
-    def widget(self) -> W.Widget: return W.VBox([self.progress, self.status, self.image])
+    def widget(self) -> W.Widget:
+        "Progress bar, status line and plots as one widget (built once), CSS class `avc-trainingmonitor`."
+        if getattr(self, '_box', None) is None:
+            self._box = W.VBox([self.progress, self.status, self.image]); self._box.add_class('avc-trainingmonitor')
+        return self._box
     def _repr_mimebundle_(self, **kwargs):
         data = self.widget._repr_mimebundle_(**kwargs)
         data = data[0] if isinstance(data, tuple) else dict(data)
-        if self.image.value: data['image/png'] = base64.b64encode(bytes(self.image.value)).decode()
+        if self.fig is not None: data['image/jpeg'] = _still(self.fig, self.dpi)
         data['text/plain'] = repr(self)
         return data
     def __repr__(self): return f"TrainingMonitor({len(self.steps)} of {self.total} steps recorded)"
@@ -427,8 +440,7 @@ class ReplicationExplorer(View):
         self.table.value = (f"<b>paired differences, {st['metric']}: variant - {self.baseline.value}, same seed and size "
                             f"(95 % t interval)</b>" + d.to_html(index=False, na_rep='-'))
 
-    @property
-    def widget(self) -> W.Widget:
-        return W.VBox([W.HBox([self.metric, self.baseline]), W.HBox([self.variants, self.sizes]), self.image, self.table])
+    def _layout(self) -> list:
+        return [W.HBox([self.metric, self.baseline]), W.HBox([self.variants, self.sizes]), self.image, self.table]
 
     def __repr__(self): return f"ReplicationExplorer({len(self.results)} runs, {self.metric.value})"
