@@ -372,26 +372,14 @@ class TrainingMonitor:
 # %% ../nbs/14_widgets.ipynb #w34
 def paired_differences(results: pd.DataFrame, metric: str = 'id_linear', baseline: str = 'Random', variants=None,
                        sizes=None, confidence: float = 0.95) -> pd.DataFrame:
-    "Per variant and size: mean of (variant - baseline) over seeds run by both, its sd and t interval."
-    from scipy import stats
+    "Notebook 11's `paired_comparison` (variant - baseline by seed: mean, t interval, wins) for the chosen variants and sizes."
+    from avc_nb.replicate import paired_comparison
     for c in ('variant', 'size', 'seed', metric):
         if c not in results.columns: raise AvcError(f"results: no column {c!r} (columns: {list(results.columns)})")
-    variants = [v for v in (variants if variants is not None else results['variant'].unique()) if v != baseline]
-    sizes = sorted(results['size'].unique()) if sizes is None else list(sizes)
-    base = results[results['variant'] == baseline].set_index(['size', 'seed'])[metric]
-    rows = []
-    for v in variants:
-        mine = results[results['variant'] == v].set_index(['size', 'seed'])[metric]
-        for n in sizes:
-            d = (mine.xs(n, level='size') if n in mine.index.get_level_values('size') else mine.iloc[:0]).sub(
-                 base.xs(n, level='size') if n in base.index.get_level_values('size') else base.iloc[:0]).dropna()
-            k = len(d)
-            m = float(d.mean()) if k else np.nan
-            sd = float(d.std(ddof=1)) if k > 1 else np.nan
-            half = float(stats.t.ppf(0.5 + confidence / 2, k - 1) * sd / math.sqrt(k)) if k > 1 else np.nan
-            rows.append(dict(variant=v, size=n, n=k, mean_diff=m, sd=sd, ci_low=m - half, ci_high=m + half,
-                             excludes_zero=bool(k > 1 and (m - half > 0 or m + half < 0))))
-    return pd.DataFrame(rows, columns=['variant', 'size', 'n', 'mean_diff', 'sd', 'ci_low', 'ci_high', 'excludes_zero'])
+    pc = paired_comparison(results, metric, baseline, confidence)
+    if variants is not None: pc = pc[pc['variant'].isin(list(variants))]
+    if sizes is not None: pc = pc[pc['size'].isin(list(sizes))]
+    return pc.reset_index(drop=True)
 
 # %% ../nbs/14_widgets.ipynb #w38
 RESULT_METRICS = ('id_linear', 'id_knn', 'ood_linear', 'ood_knn', 'id_finetune')
@@ -436,7 +424,8 @@ class ReplicationExplorer(View):
 
     def _after(self, st):
         d = st['diffs'].copy()
-        for c in ('mean_diff', 'sd', 'ci_low', 'ci_high'): d[c] = d[c].round(2)
+        d = d.drop(columns=['reference', 'metric', 'seeds'])
+        for c in ('mean_diff', 'sd_diff', 'ci_low', 'ci_high'): d[c] = d[c].round(2)
         self.table.value = (f"<b>paired differences, {st['metric']}: variant - {self.baseline.value}, same seed and size "
                             f"(95 % t interval)</b>" + d.to_html(index=False, na_rep='-'))
 
