@@ -6,7 +6,8 @@ assignments, whose source versions hold the solutions) into _proc/docs_src; mark
 cells (`#| default_exp`, `#| hide`) to be left out of the pages; give the index notebook a table of
 contents; run sphinx-build with docs/conf.py. Tutorials are shown with their committed outputs;
 library notebooks are committed without outputs and are shown as they are unless `--execute` runs
-them (cached in _proc/docs_cache, so a second build only reruns changed notebooks).
+them (cached in _proc/docs_cache, so a second build only reruns changed notebooks). Everything but
+the final HTML stays under _proc/ (git-ignored).
 """
 import argparse
 import json
@@ -66,12 +67,17 @@ def build(out: Path = ROOT / '_docs', execute: bool = False, quiet: bool = True,
     t0 = time.perf_counter()
     src = Path(work) / 'docs_src'
     stage(ROOT / 'nbs', src)
-    cmd = [sys.executable, '-m', 'sphinx', '-b', 'html', '-c', str(ROOT / 'docs'), str(src), str(out),
+    # Sphinx builds inside `work` (myst-nb writes its `jupyter_execute/` beside the build folder), then the HTML is copied out
+    html = Path(work) / 'docs_html'
+    cmd = [sys.executable, '-m', 'sphinx', '-b', 'html', '-c', str(ROOT / 'docs'), str(src), str(html),
            '-d', str(Path(work) / 'docs_doctrees'), '-j', 'auto']
     if quiet: cmd.append('-q')
-    if execute: cmd += ['-D', 'nb_execution_mode=cache', '-D', f"nb_execution_cache_path={ROOT / '_proc' / 'docs_cache'}"]
+    if execute: cmd += ['-D', 'nb_execution_mode=cache', '-D', f"nb_execution_cache_path={Path(work) / 'docs_cache'}"]
     subprocess.run(cmd, check=True, cwd=ROOT)
-    (Path(out) / '.nojekyll').touch()
+    out = Path(out)
+    if out.exists(): shutil.rmtree(out)
+    shutil.copytree(html, out)
+    (out / '.nojekyll').touch()
     return time.perf_counter() - t0
 
 
