@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.avc_nb-installed
 DEMO_OUT ?= outputs/demo
 
-.PHONY: install demo test test-all lab sync-check
+.PHONY: install demo test test-all lab sync-check docs docs-full
 
 $(STAMP): settings.ini setup.py
 	@test -x $(BIN)/python || python3 -m venv $(VENV)
@@ -38,3 +38,11 @@ test-all: install sync-check
 
 lab: install
 	$(BIN)/jupyter lab nbs
+
+# A static HTML site in _docs/ from the notebooks (Sphinx + myst-nb from pip: nbdev_docs needs
+# Quarto, which cannot be installed here). Tutorials keep their committed figures; docs-full also
+# executes the library notebooks.
+docs: install
+	$(BIN)/python docs/build.py
+docs-full: install
+	$(BIN)/python docs/build.py --execute
