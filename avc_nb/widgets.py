@@ -313,7 +313,7 @@ def chance_level(trainer, batch_size: int) -> float:
     cfg = trainer.cfg
     if cfg.sampling.supervised: return math.log(max(2, len(trainer.cache.classes)))
     if cfg.loss == 'avc-binary': return math.log(2)
-    if cfg.loss == 'memory-bank': return math.log(1 + min(cfg.bank_negatives, len(trainer.cache) - 1))
+    if cfg.loss.endswith('memory-bank'): return math.log(1 + min(cfg.bank_negatives, len(trainer.cache) - 1))
     return math.log(max(2, batch_size))
 
 class TrainingMonitor:
