@@ -18,7 +18,8 @@ from .sampling import STRATEGIES, SamplingSpec
 from .train import TrainConfig, TrainingDiverged
 
 # %% auto #0
-__all__ = ['apply_overrides', 'avc_cache_cli', 'train_config_from_args', 'avc_train_cli', 'avc_probe_cli', 'avc_replicate_cli']
+__all__ = ['PRESET_CHOICES', 'PRESET_HELP', 'apply_overrides', 'avc_cache_cli', 'train_config_from_args', 'avc_train_cli',
+           'avc_probe_cli', 'avc_replicate_cli']
 
 # %% ../nbs/12_cli.ipynb #74dad2b6
 def _field_type(cls, path):
@@ -92,6 +93,10 @@ def avc_cache_cli(argv=None):
     if len(cache.skipped): print(cache.skipped.to_string(index=False))
 
 # %% ../nbs/12_cli.ipynb #a8f1f23d
+PRESET_CHOICES = ['small', 'paper', 'avid']  # the encoder layouts of notebook 04 (ENCODER_PRESETS)
+PRESET_HELP = ("encoder layout: 'small' for CPUs, 'paper' = the soft-positive paper's R(2+1)D-18 + Conv2D-10 "
+               "(block1 stride 1, no video stem pool), 'avid' = AVID-CMA's (stem pool, block1 stride 2; 3.3x less compute)")
+
 def _train_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog='avc_train', description=(
         "Train an audio-visual model (notebook 07). Options override the --config file; "
@@ -109,7 +114,7 @@ def _train_parser() -> argparse.ArgumentParser:
     p.add_argument('--max-steps', type=int, help='stop after this many steps (0: run all epochs)')
     p.add_argument('--lr', type=float, help='learning rate')
     p.add_argument('--seed', type=int, help='seed of batches, pairings, windows, augmentation and initialisation')
-    p.add_argument('--preset', choices=['small', 'paper'], help="encoder sizes: 'small' for CPUs, 'paper' = R(2+1)D-18 + Conv2D-10")
+    p.add_argument('--preset', choices=PRESET_CHOICES, help=PRESET_HELP)
     p.add_argument('--device', help="cpu, cuda, cuda:1, mps (default: the best available)")
     p.add_argument('--paper', action='store_true', help="start from TrainConfig.paper(): the soft-positive paper's run")
     p.add_argument('--set', action='append', default=[], metavar='KEY=VALUE',
@@ -145,7 +150,8 @@ def avc_train_cli(argv=None):
     pseudo = np.load(a.pseudo_labels) if a.pseudo_labels else None
     t = Trainer(cfg, pseudo=pseudo)
     h = t.fit(resume=not a.no_resume)
-    if t.rank == 0 and h:
+    # a finished run already said "the run is complete" (Trainer.complete): no second, misleading summary
+    if t.rank == 0 and h and not getattr(t, 'complete', False):
         print(f"trained {t.step} steps, last loss {h[-1]['loss']:.4f}; run folder {cfg.out_dir}")
 
 # %% ../nbs/12_cli.ipynb #39d11d5a
@@ -190,17 +196,28 @@ def avc_probe_cli(argv=None):
     print(f"results: {out / f'probe_{a.modality}.csv'}")
 
 # %% ../nbs/12_cli.ipynb #2f74b76c
+def _quick_help() -> str:
+    "What `--quick` runs, read from ReplicateConfig.quick() itself so the help cannot drift from it."
+    from avc_nb.replicate import ReplicateConfig
+    q = ReplicateConfig.quick()
+    return (f"the few-minute configuration (ReplicateConfig.quick()): all {len(q.variants)} variants at "
+            f"{' and '.join(map(str, q.sizes))} clips per class ({len(q.sizes)} size) x {len(q.seeds)} seeds, "
+            f"{q.epochs} epochs, crop {q.crop}, {'with' if q.finetune else 'no'} fine-tuning; "
+            + (f"then the held-out check: {' and '.join(q.heldout_variants)} on new data (data seed "
+               f"{q.heldout_data_seed}, {q.heldout_classes} classes) at that size" if q.heldout else 'no held-out check'))
+
 def _replicate_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog='avc_replicate', description=(
         "Replicate the soft-positive study (notebook 11) on the built-in synthetic data: every sampling variant "
         "x dataset sizes x seeds, audio linear/kNN probes in- and out-of-domain, a results table with mean ± std, "
         "the published table beside it, and a figure. Finished runs in --out are reused."),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument('--quick', action='store_true', help='the few-minute configuration (ReplicateConfig.quick())')
+    p.add_argument('--quick', action='store_true', help=_quick_help())
     p.add_argument('--seeds', type=int, help='number of seeds (0..N-1)')
     p.add_argument('--variants', nargs='+', help='variants to run, by their table names (quote names with spaces)')
     p.add_argument('--sizes', nargs='+', type=int, help='pretraining clips per class')
     p.add_argument('--epochs', type=int, help='pretraining epochs per run')
+    p.add_argument('--preset', choices=PRESET_CHOICES, help=PRESET_HELP)
     p.add_argument('--out', help='output folder (results.csv, table.md, figure.png, runs/)')
     p.add_argument('--config', help='a ReplicateConfig YAML (an output folder\'s replicate.yaml)')
     p.add_argument('--set', action='append', default=[], metavar='KEY=VALUE', help='change any ReplicateConfig field; repeatable')
@@ -219,6 +236,7 @@ def avc_replicate_cli(argv=None):
     if a.variants: d['variants'] = a.variants
     if a.sizes: d['sizes'] = a.sizes
     if a.epochs: d['epochs'] = a.epochs
+    if a.preset: d['preset'] = a.preset
     cfg = ReplicateConfig.from_dict(apply_overrides(d, a.set, ReplicateConfig))
     ensure_writable_dir(cfg.out_dir, 'output folder')
     import time

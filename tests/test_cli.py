@@ -38,6 +38,10 @@ def test_synth_cache_train_resume_probe(work):
     assert "trained 4 steps" in out.stdout
     log = pd.read_csv(work / "run" / "log.csv")
     assert log["step"].tolist() == [1, 2, 3, 4]
+    # the same config once more: the Trainer says the run is complete, and the command adds no "trained" summary
+    out = run("avc_train", "--config", work / "run" / "config.yaml", "--max-steps", 4)
+    assert "the run is complete" in out.stdout and "trained" not in out.stdout, out.stdout
+    assert pd.read_csv(work / "run" / "log.csv")["step"].tolist() == [1, 2, 3, 4]
 
     out = run("avc_probe", work / "run" / "checkpoints" / "last.pt", "--epochs", 5, "--k", 3)
     table = pd.read_csv(work / "run" / "checkpoints" / "probe_audio.csv", index_col=0)
