@@ -125,14 +125,16 @@ def _path_columns(df) -> list:
     return [c for c in df.columns if c.endswith('_path')]
 
 def write_manifest(manifest: Manifest, path) -> Path:
-    "Write `manifest` as CSV; paths (columns named *_path) under the manifest's folder are stored relative to it."
+    "Write `manifest` as CSV; paths (columns named *_path) under the manifest's folder are stored relative to it, others absolute."
     path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
     base = path.parent.resolve()
     df = manifest.df.copy()
     def rel(p):
+        # a relative path in memory is relative to the working folder; read_manifest resolves a stored relative
+        # path against the manifest's folder instead, so only paths under that folder may be stored relative
         if not p: return p
         try: return str(Path(p).resolve().relative_to(base))
-        except ValueError: return str(p)
+        except ValueError: return os.path.abspath(p)  # elsewhere: absolute (symlinks in it kept as the user wrote them)
     for c in _path_columns(df): df[c] = df[c].map(rel)
     tmp = path.with_name(path.name + '.tmp')
     df.to_csv(tmp, index=False)
