@@ -112,12 +112,20 @@ class SceneOutput(NamedTuple):
 
 class SceneModel(nn.Module):
     "Frame and log-mel encoders with spatial maps, a Linear per position, and soft clustering of each map (DMC)."
+    model_class = 'avc_nb.scenes.SceneModel'   # where train.load_model finds the class (also when it is defined in this notebook)
     def __init__(self, preset: str = 'small', n_visual_clusters: int = 2, n_audio_clusters: int = 1, dim: int | None = None,
                  iters: int = 4, beta: float = -30.0, frame_size: int | None = -1, logmel: nn.Module | None = None,
                  band_norm: nn.Module | None = None, frame_index: int | None = None,
                  video_mean: Sequence[float] = IMAGENET_MEAN, video_std: Sequence[float] = IMAGENET_STD,
                  visual_kwargs: dict | None = None, audio_kwargs: dict | None = None):
         super().__init__()
+        # the constructor arguments, so that a checkpoint can rebuild the model (train.load_model); a custom
+        # logmel or band_norm module cannot be written as plain values, so such a model records none
+        self.init_kwargs = None if logmel is not None or band_norm is not None else dict(
+            preset=preset, n_visual_clusters=int(n_visual_clusters), n_audio_clusters=int(n_audio_clusters), dim=dim,
+            iters=int(iters), beta=float(beta), frame_size=frame_size, frame_index=frame_index,
+            video_mean=[float(x) for x in video_mean], video_std=[float(x) for x in video_std],
+            visual_kwargs=dict(visual_kwargs or {}), audio_kwargs=dict(audio_kwargs or {}))
         if preset not in SCENE_PRESETS: raise ValueError(f"SceneModel: unknown preset {preset!r}; known: {sorted(SCENE_PRESETS)}")
         p = SCENE_PRESETS[preset]
         self.visual = SpatialResNet(in_channels=3, **{**p['visual'], **(visual_kwargs or {})})

@@ -33,6 +33,7 @@ from .core import AvcError, Config, ConfigError, autocast, ensure_writable_dir, 
 from .data import ClipCache
 from .encoders import build_av_model
 from .features import BandNorm, LogMel, band_stats
+from .features import band_stats as band_stats_fn
 from .losses import (SOFT_TARGET_MODES, AVCClassifier, FaultyPositiveWeights, MemoryBank, avc_binary_loss,
                            gather_with_grad, infonce, pair_similarity, positive_mask, soft_target_infonce, weighted_infonce)
 from .sampling import (LabelBatchSampler, PairedBatchSampler, SamplingSpec, derive_seed, keyed_generator, make_sampler,
@@ -431,7 +432,7 @@ class RunLock:
 class Trainer:
     "Builds model, data, sampler, losses and optimiser from a `TrainConfig` (or takes `model`, `objective`, `sampler`); `fit()` trains, resuming from `out_dir`."
     def __init__(self, cfg: TrainConfig, pseudo=None, callbacks=(), cache: ClipCache | None = None,
-                 model: nn.Module | None = None, objective=None, sampler=None):
+                 model: nn.Module | None = None, objective=None, sampler=None, subset=None, band_stats: bool | None = None):
         self.cfg, self.callbacks, self.objective = cfg, list(callbacks), objective
         self.out = Path(cfg.out_dir)
         self.rank, self.world, self.device = init_distributed(cfg.device)
@@ -441,7 +442,7 @@ class Trainer:
         seed_everything(cfg.seed)
         if not cfg.cache_dir and cache is None: raise ConfigError("TrainConfig.cache_dir is empty: point it at a cache made by prepare_cache")
         self.cache = cache if cache is not None else ClipCache(cfg.cache_dir)
-        self.subset = training_subset(self.cache, cfg.split, cfg.clips_per_class)
+        self.subset = training_subset(self.cache, cfg.split, cfg.clips_per_class) if subset is None else self._own_subset(subset)
         if len(self.subset) == 0: raise AvcError(f"{self.cache.dir}: no clips in split {cfg.split!r} (splits: {sorted(set(self.cache.splits))})")
         self.true_labels = torch.as_tensor(self.cache.labels[self.subset])
         if pseudo is not None:
@@ -456,6 +457,9 @@ class Trainer:
         if self.steps_per_epoch == 0: raise AvcError(f"the sampler makes no batches from {len(self.subset)} clips with batch size {cfg.sampling.batch_size}")
         self._check_batch_sizes()
         self.total_steps = cfg.max_steps if cfg.max_steps > 0 else cfg.epochs * self.steps_per_epoch
+        if model is not None and self._wants_band_stats(model, band_stats):   # a given model with an unset BandNorm
+            mean, std = band_stats_fn(self.cache, model.logmel, max_clips=cfg.band_stats_clips, device=self.device, indices=self.subset)
+            model.band_norm = BandNorm(mean, std)
         self.model = (self._build_model() if model is None else model).to(self.device)
         if self.device.type == 'cuda' and cfg.channels_last and hasattr(self.model, 'to_channels_last'): self.model.to_channels_last()
         if objective is None:
@@ -485,6 +489,25 @@ class Trainer:
         mean, std = band_stats(self.cache, logmel, max_clips=cfg.band_stats_clips, device=self.device, indices=self.subset)
         return build_av_model(preset=cfg.preset, head=cfg.head, proj_dim=cfg.proj_dim, logmel=logmel,
                               band_norm=BandNorm(mean, std), n_audio_frames=n_audio_frames)
+
+    def _own_subset(self, subset) -> np.ndarray:
+        "Cache positions given by the caller (instead of `split` / `clips_per_class`): distinct, inside the cache."
+        s = np.asarray(subset, dtype=np.int64).reshape(-1)
+        if len(s) and (s.min() < 0 or s.max() >= len(self.cache)):
+            raise AvcError(f"Trainer: subset holds positions outside the cache of {len(self.cache)} clips")
+        if len(np.unique(s)) != len(s): raise AvcError("Trainer: subset repeats a clip")
+        return s
+
+    @staticmethod
+    def _wants_band_stats(model: nn.Module, band_stats: bool | None) -> bool:
+        "Fill a given model's BandNorm from the training clips? True/False as asked; None: when it has a LogMel and an identity BandNorm."
+        bn, lm = getattr(model, 'band_norm', None), getattr(model, 'logmel', None)
+        usable = isinstance(bn, BandNorm) and isinstance(lm, LogMel)
+        if band_stats and not usable:
+            raise AvcError(f"Trainer: band_stats=True needs a model with a LogMel `logmel` and a BandNorm `band_norm`; {type(model).__name__} has not")
+        if band_stats is None:
+            return usable and bool((bn.mean == 0).all() and (bn.std == 1).all() and float(bn.eps) == 0)
+        return bool(band_stats)
 
     def _own_sampler(self, sampler):
         "A sampler given by the caller: a `PairedBatchSampler`, or a batch sampler of notebook 05 (each clip with its own video)."
@@ -537,7 +560,14 @@ class Trainer:
                     loss_modules=self.loss_mods.state_dict(), optimizer=self.optimizer.state_dict(),
                     scheduler=self.scheduler.state_dict(), sampler=self.sampler.state_dict(steps_done_in_epoch),
                     rng=dict(torch=torch.get_rng_state()), config=self.cfg.to_dict(), sample_rate=self.cache.spec.sample_rate,
-                    epoch_loss=dict(self._epoch_loss))
+                    epoch_loss=dict(self._epoch_loss), subset=torch.as_tensor(self.subset), **self._model_spec())
+
+    def _model_spec(self) -> dict:
+        "How `load_model` rebuilds a given model: its class (`model_class` when it names one) and constructor arguments, when it records them in `init_kwargs`."
+        kw = getattr(self.model, 'init_kwargs', None)
+        if not isinstance(kw, dict): return {}
+        cls = getattr(self.model, 'model_class', None) or f"{type(self.model).__module__}.{type(self.model).__qualname__}"
+        return dict(model_class=str(cls), model_kwargs=kw)
 
     def save(self, steps_done_in_epoch: int, path=None) -> Path | None:
         if self.rank != 0: return None
@@ -553,6 +583,9 @@ class Trainer:
         diff = sorted(k for k in set(mine) | set(theirs) if k not in ignore and mine.get(k) != theirs.get(k))
         if diff: raise ConfigMismatch(f"{path}: the checkpoint was made with a different config ({', '.join(diff)}); "
                                       f"use another out_dir or the same config")
+        if 'subset' in st and not np.array_equal(np.asarray(st['subset']), self.subset):
+            raise ConfigMismatch(f"{path}: the checkpoint was trained on other clips ({len(st['subset'])} clips, this run "
+                                 f"{len(self.subset)}); use another out_dir or the same subset")
         self.model.load_state_dict(st['model']); self.loss_mods.load_state_dict(st['loss_modules'])
         self.optimizer.load_state_dict(st['optimizer']); self.scheduler.load_state_dict(st['scheduler'])
         self.sampler.load_state_dict(st['sampler']); torch.set_rng_state(st['rng']['torch'].cpu())
@@ -694,9 +727,17 @@ def train(cfg: TrainConfig, pseudo=None, callbacks=(), resume: bool = True) -> T
 
 # %% ../nbs/07_train.ipynb #bbf2ef60
 def load_model(checkpoint, device=None):
-    "(AVModel in eval mode, TrainConfig) from a checkpoint written by `Trainer`."
+    "(model in eval mode, TrainConfig) from a checkpoint written by `Trainer`: its `AVModel`, or a given model that recorded `init_kwargs`."
     st = load_checkpoint(checkpoint)
     cfg = TrainConfig.from_dict(st['config'])
+    if st.get('model_class'):
+        import importlib
+        mod, _, name = str(st['model_class']).rpartition('.')
+        if not mod.startswith('avc_nb.'):      # build only this package's classes from a file
+            raise CheckpointError(f"{checkpoint}: load_model rebuilds only avc_nb models, the checkpoint names {st['model_class']!r}")
+        model = getattr(importlib.import_module(mod), name)(**st['model_kwargs'])
+        model.load_state_dict(st['model'])
+        return model.to(get_device(device)).eval(), cfg
     sd = st['model']
     n_mels = sd['band_norm.mean'].numel()
     sample_rate = int(st.get('sample_rate', 16000))

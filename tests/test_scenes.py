@@ -66,3 +66,38 @@ def test_separation_metrics_floor_and_skip():
     mix, refs = mix_sources(0.1 * np.stack([np.sin(2 * np.pi * 440 * t), np.sin(2 * np.pi * 2000 * t)]))
     r = separation_metrics([refs, refs], [refs + 1e-4 * np.random.default_rng(0).normal(size=refs.shape), np.stack([mix, np.zeros_like(mix)])])
     assert r['n'] == 1 and r['skipped'] == 1 and r['sdr'] > 30
+
+
+def _scene_run(tmp_path, name, epochs, cache):
+    from avc_nb.sampling import SamplingSpec
+    from avc_nb.scenes import scene_complexity
+    from avc_nb.train import TrainConfig, Trainer
+    cfg = TrainConfig(cache_dir=str(cache.dir), out_dir=str(tmp_path / name), epochs=epochs, lr=1e-3, crop=0, n_frames=4,
+                      audio_seconds=1.0, audio_offset=0.0, sampling=SamplingSpec(batch_size=6), progress=False, prefetch=0)
+    torch.manual_seed(0)
+    sub = cache.indices('train')
+    comp = scene_complexity(cache.manifest.df.reset_index(drop=True).iloc[sub])
+    return Trainer(cfg, model=SceneModel('small', n_visual_clusters=3, n_audio_clusters=2), objective=ConcurrencyLoss(),
+                   sampler=CurriculumSampler(comp, batch_size=6, seed=0))
+
+
+def test_scene_model_trains_through_trainer_and_resumes_exactly(tmp_path):
+    "SceneModel + ConcurrencyLoss + CurriculumSampler in the one Trainer: band statistics filled, exact resume, rebuilt by load_model."
+    from avc_nb.data import CacheSpec, prepare_cache
+    from avc_nb.synthetic import make_synthetic
+    from avc_nb.train import ConfigMismatch, Trainer, load_model
+    man = make_synthetic(tmp_path / 'data', n_classes=3, clips_per_class=8, max_sources=3, seed=0, progress=False)
+    cache = prepare_cache(man, tmp_path / 'cache', CacheSpec(seconds=2.0, fps=4, size=64), workers=0, progress=False)
+    full_t = _scene_run(tmp_path, 'full', 3, cache)
+    assert float(full_t.model.band_norm.std.mean()) != 1.0           # per-band statistics of the training clips
+    full = full_t.fit(resume=False)
+    assert len(full) == 3 * full_t.steps_per_epoch and all(np.isfinite(r['loss']) and 'pair_acc' in r for r in full)
+    _scene_run(tmp_path, 'part', 1, cache).fit(resume=False)
+    part = _scene_run(tmp_path, 'part', 3, cache).fit()
+    np.testing.assert_allclose([r['loss'] for r in part], [r['loss'] for r in full], rtol=0, atol=1e-5)
+    model, _ = load_model(full_t.ckpt_path)
+    assert isinstance(model, SceneModel)
+    for k, v in full_t.model.state_dict().items(): torch.testing.assert_close(model.state_dict()[k], v.cpu())
+    other = _scene_run(tmp_path, 'part', 4, cache)                   # the same folder with other clips is refused
+    other.subset = other.subset[:-1]
+    with pytest.raises(ConfigMismatch, match='other clips'): other.load()
