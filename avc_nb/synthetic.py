@@ -130,11 +130,26 @@ class SceneSpec:
 
 def _hsv255(h, s, v): return tuple(float(x) * 255 for x in colorsys.hsv_to_rgb(h % 1.0, s, v))
 
+def _draw_object(rng, g: int, radius, size: int, centres: list, hue_jitter: float, speed_jitter: float) -> ObjectSpec:
+    "One object of class `g`, started apart from the `centres` already taken when it can be (appends its centre)."
+    cs, scale = class_spec(g), size / 64
+    r = float(rng.uniform(*radius)); extent = r * (1.25 if cs.motion == 'pulse' else 1.0)
+    for _ in range(20):  # start objects apart from each other when we can
+        x, y = rng.uniform(extent, size - extent, 2)
+        if all(math.hypot(x - a, y - b) > 2 * radius[1] for a, b in centres): break
+    centres.append((x, y))
+    return ObjectSpec(label=g, shape=cs.shape, motion=cs.motion,
+                      rgb=_hsv255(cs.hue + rng.uniform(-hue_jitter, hue_jitter), rng.uniform(0.75, 0.95), rng.uniform(0.9, 1.0)),
+                      radius=r, x=float(x), y=float(y), angle=float(rng.uniform(-0.35, 0.35)),
+                      speed=float(cs.speed * (scale if cs.motion != 'pulse' else 1.0) * rng.uniform(1 - speed_jitter, 1 + speed_jitter)),
+                      direction=float(rng.uniform(0, 2 * np.pi)), phase=float(rng.uniform(0, 2 * np.pi)),
+                      extent=float(extent))
+
 def sample_scene(rng: np.random.Generator, label: int, classes, n_sources: int = 1, offscreen: bool = False,
                  n_contexts: int = 8, size: int = 64, radius=(6.0, 11.0), hue_jitter: float = 0.03,
                  speed_jitter: float = 0.3, pitch_jitter: float = 2.0, rate_jitter: float = 0.15,
-                 gain=(0.09, 0.13), variation: float = 1.0) -> SceneSpec:
-    "Draw a scene whose first object is of class `label`; other objects and an off-screen sound come from `classes`."
+                 gain=(0.09, 0.13), variation: float = 1.0, n_distractors: int = 0) -> SceneSpec:
+    "Draw a scene whose first object is of class `label`; other objects, an off-screen sound and silent distractors come from `classes`."
     # `variation` scales every within-class jitter (hue, speed, pitch, rate) at once: 2 doubles them
     hue_jitter, speed_jitter = hue_jitter * variation, min(0.9, speed_jitter * variation)
     pitch_jitter, rate_jitter = pitch_jitter * variation, min(0.9, rate_jitter * variation)
@@ -149,22 +164,15 @@ def sample_scene(rng: np.random.Generator, label: int, classes, n_sources: int =
     hidden = [g for g in classes if g not in visible]
     if offscreen and not hidden:
         raise ValueError(f"an off-screen sound needs a class that is not visible: {len(classes)} classes, {n_sources} visible")
+    if not isinstance(n_distractors, (int, np.integer)) or n_distractors < 0:
+        raise ValueError(f"n_distractors must be an integer >= 0, got {n_distractors!r}")
+    if n_distractors > len(hidden) - int(offscreen):
+        raise ValueError(f"n_distractors={n_distractors} needs as many classes that neither sound nor show: {len(classes)} classes, "
+                         f"{n_sources} sounding{' + 1 off-screen' if offscreen else ''} leave {len(hidden) - int(offscreen)}")
     k = int(rng.integers(n_contexts))
     c = (k + rng.uniform(0.1, 0.9)) / n_contexts  # away from the bin edges, so context_id is unambiguous
-    objects, centres = [], []
-    for g in visible:
-        cs = class_spec(g)
-        r = float(rng.uniform(*radius)); extent = r * (1.25 if cs.motion == 'pulse' else 1.0)
-        for _ in range(20):  # start objects apart from each other when we can
-            x, y = rng.uniform(extent, size - extent, 2)
-            if all(math.hypot(x - a, y - b) > 2 * radius[1] for a, b in centres): break
-        centres.append((x, y))
-        objects.append(ObjectSpec(label=g, shape=cs.shape, motion=cs.motion,
-                                  rgb=_hsv255(cs.hue + rng.uniform(-hue_jitter, hue_jitter), rng.uniform(0.75, 0.95), rng.uniform(0.9, 1.0)),
-                                  radius=r, x=float(x), y=float(y), angle=float(rng.uniform(-0.35, 0.35)),
-                                  speed=float(cs.speed * (scale if cs.motion != 'pulse' else 1.0) * rng.uniform(1 - speed_jitter, 1 + speed_jitter)),
-                                  direction=float(rng.uniform(0, 2 * np.pi)), phase=float(rng.uniform(0, 2 * np.pi)),
-                                  extent=float(extent)))
+    centres = []
+    objects = [_draw_object(rng, g, radius, size, centres, hue_jitter, speed_jitter) for g in visible]
     audible = list(visible)
     if offscreen: audible[0] = int(rng.choice(hidden))
     sounds = []
@@ -174,7 +182,13 @@ def sample_scene(rng: np.random.Generator, label: int, classes, n_sources: int =
                                 rate=float(cs.rate * rng.uniform(1 - rate_jitter, 1 + rate_jitter)),
                                 gain=float(rng.uniform(*gain)), phase=float(rng.uniform(0, 1)),
                                 seed=int(rng.integers(2**31)), object=None if (offscreen and j == 0) else j))
-    return SceneSpec(context=float(c), context_id=k, objects=objects, sounds=sounds, noise_seed=int(rng.integers(2**31)))
+    noise_seed = int(rng.integers(2**31))
+    # distractors last, from the same generator: with n_distractors=0 the draws (and so the scene) are those of before
+    if n_distractors:
+        free = [g for g in hidden if g not in audible]
+        for g in rng.choice(free, size=n_distractors, replace=False):
+            objects.append(_draw_object(rng, int(g), radius, size, centres, hue_jitter, speed_jitter))
+    return SceneSpec(context=float(c), context_id=k, objects=objects, sounds=sounds, noise_seed=noise_seed)
 
 # %% ../nbs/02_synthetic.ipynb #02a38d0b
 def shape_mask(shape: str, dx: np.ndarray, dy: np.ndarray, r: float) -> np.ndarray:
@@ -304,23 +318,29 @@ def _split_names(splits) -> list:
     return {1: ['train'], 2: ['train', 'test'], 3: ['train', 'val', 'test']}.get(len(splits)) or \
         [f"split{i}" for i in range(len(splits))]
 
-def _plan(classes, clips_per_class, seed, splits, offscreen_fraction, max_sources) -> list:
-    "One dict per clip: class, clip number, split, off-screen flag, number of sources."
+def _plan(classes, clips_per_class, seed, splits, offscreen_fraction, max_sources, min_sources: int = 1,
+          max_distractors: int = 0, min_distractors: int = 0) -> list:
+    "One dict per clip: class, clip number, split, off-screen flag, number of sources, number of distractors."
     names = _split_names(splits)
     fr = np.array(list(splits.values()) if isinstance(splits, dict) else list(splits), float)
     if (fr < 0).any() or abs(fr.sum() - 1) > 1e-6: raise ValueError(f"splits must be >= 0 and sum to 1, got {splits}")
     bounds = np.rint(np.cumsum(fr) * clips_per_class).astype(int)
     n_off = int(round(offscreen_fraction * clips_per_class))
     rng = np.random.default_rng([seed, 0x5EED])
+    # distractor counts from their own generator: adding distractors leaves splits, off-screen flags and sources as they were
+    rng_d = np.random.default_rng([seed, 0xD157])
     plan = []
     for g in classes:
         split_of = np.empty(clips_per_class, object)
         order = rng.permutation(clips_per_class)
         for k, (a, b) in enumerate(zip(np.r_[0, bounds[:-1]], bounds)): split_of[order[a:b]] = names[k]
         off = np.zeros(clips_per_class, bool); off[rng.permutation(clips_per_class)[:n_off]] = True
-        n_src = 1 + rng.permutation(clips_per_class) % max_sources
+        n_src = min_sources + rng.permutation(clips_per_class) % (max_sources - min_sources + 1)
+        n_dis = (min_distractors + rng_d.permutation(clips_per_class) % (max_distractors - min_distractors + 1)
+                 if max_distractors else np.zeros(clips_per_class, int))
         for i in range(clips_per_class):
-            plan.append(dict(g=int(g), i=i, split=str(split_of[i]), offscreen=bool(off[i]), n_sources=int(n_src[i])))
+            plan.append(dict(g=int(g), i=i, split=str(split_of[i]), offscreen=bool(off[i]), n_sources=int(n_src[i]),
+                             n_distractors=int(n_dis[i])))
     return plan
 
 def _clip_task(task: dict, p: dict, out_dir: str) -> dict:
@@ -328,12 +348,13 @@ def _clip_task(task: dict, p: dict, out_dir: str) -> dict:
     spec = class_spec(task['g']); label = spec.name; stem = f"s{p['seed']}_{task['i']:04d}"
     rng = np.random.default_rng([p['seed'], task['g'], task['i']])
     scene = sample_scene(rng, task['g'], p['classes'], n_sources=task['n_sources'], offscreen=task['offscreen'],
-                         n_contexts=p['n_contexts'], size=p['size'], variation=p.get('variation', 1.0))
+                         n_contexts=p['n_contexts'], size=p['size'], variation=p.get('variation', 1.0),
+                         n_distractors=task.get('n_distractors', 0))
     clip = render_clip(scene, p['seconds'], p['fps'], p['size'], p['sample_rate'], p['context_strength'])
     folder = Path(out_dir) / label
     video = write_clip(folder / f"{stem}.mp4", clip.frames, clip.audio, fps=p['fps'], sample_rate=p['sample_rate'])
     names = {g: class_spec(g).name for g in p['classes']}
-    gt_rel = ''
+    gt_path = ''
     if p['ground_truth']:
         sounds = []
         for k, (s, st) in enumerate(zip(scene.sounds, clip.stems)):
@@ -348,12 +369,12 @@ def _clip_task(task: dict, p: dict, out_dir: str) -> dict:
                            for j, o in enumerate(scene.objects)],
                   sounds=sounds, background=f"{stem}.stem_bg.wav")
         (folder / f"{stem}.gt.json").write_text(json.dumps(gt, indent=1))
-        gt_rel = f"{label}/{stem}.gt.json"
+        gt_path = str(folder / f"{stem}.gt.json")  # the same form as video_path; write_manifest makes both relative
     return dict(clip_id=f"{label}/{stem}", video_path=str(video), audio_path=str(video), label=label, split=task['split'],
                 start=0.0, duration=float(p['seconds']), class_index=task['g'], audio_label=names[scene.sounds[0].label],
-                offscreen=task['offscreen'], n_sources=task['n_sources'],
+                offscreen=task['offscreen'], n_sources=task['n_sources'], n_distractors=task.get('n_distractors', 0),
                 labels=';'.join(names[o.label] for o in scene.objects), audio_labels=';'.join(names[s.label] for s in scene.sounds),
-                context=round(scene.context, 6), context_id=scene.context_id, gt_path=gt_rel)
+                context=round(scene.context, 6), context_id=scene.context_id, gt_path=gt_path)
 
 def _clip_tasks(tasks: list, p: dict, out_dir: str) -> list:
     return [_clip_task(t, p, out_dir) for t in tasks]
@@ -363,13 +384,22 @@ def make_synthetic(out_dir, n_classes: int = 10, clips_per_class: int = 30, seco
                    size: int = 64, sample_rate: int = 16000, seed: int = 0, offscreen_fraction: float = 0.0,
                    max_sources: int = 1, class_offset: int = 0, splits=(0.8, 0.2), n_contexts: int = 8,
                    context_strength: float = 1.0, variation: float = 1.0, ground_truth: bool | None = None, workers: int = 1,
-                   progress: bool = True, overwrite: bool = False) -> Manifest:
+                   progress: bool = True, overwrite: bool = False, max_distractors: int = 0, min_distractors: int = 0,
+                   min_sources: int = 1) -> Manifest:
     "Write the synthetic audio-visual dataset (mp4 clips, ground truth, manifest.csv) under `out_dir`; return its Manifest."
     out = Path(out_dir)
     if n_classes < 1 or clips_per_class < 1: raise ValueError(f"n_classes and clips_per_class must be >= 1, got {n_classes}, {clips_per_class}")
     class_table(n_classes, class_offset)  # validates the class range
     if not 1 <= max_sources <= 3: raise ValueError(f"max_sources must be 1, 2 or 3, got {max_sources}")
     if max_sources > n_classes: raise ValueError(f"max_sources={max_sources} needs at least as many classes, got n_classes={n_classes}")
+    if not 1 <= min_sources <= max_sources: raise ValueError(f"min_sources must be in 1..max_sources ({max_sources}), got {min_sources}")
+    if not 0 <= min_distractors <= max_distractors:
+        raise ValueError(f"min_distractors and max_distractors must satisfy 0 <= min_distractors <= max_distractors, "
+                         f"got {min_distractors}, {max_distractors}")
+    if max_distractors and n_classes < max_sources + max_distractors + (offscreen_fraction > 0):
+        raise ValueError(f"max_distractors={max_distractors}: each distractor is of a class that neither sounds nor shows, so "
+                         f"n_classes must be >= max_sources + max_distractors{' + 1 (off-screen)' if offscreen_fraction > 0 else ''}"
+                         f" = {max_sources + max_distractors + (offscreen_fraction > 0)}, got {n_classes}")
     if not 0 <= offscreen_fraction <= 1: raise ValueError(f"offscreen_fraction must be in [0, 1], got {offscreen_fraction}")
     if offscreen_fraction > 0 and n_classes < max_sources + 1:
         raise ValueError(f"off-screen sounds need a class that is not visible: n_classes must be > max_sources ({max_sources})")
@@ -384,10 +414,10 @@ def make_synthetic(out_dir, n_classes: int = 10, clips_per_class: int = 30, seco
             raise FileExistsError(f"{out} is not a synthetic dataset (no synthetic.json): refusing to delete it")
         shutil.rmtree(out)
     classes = list(range(class_offset, class_offset + n_classes))
-    plan = _plan(classes, clips_per_class, seed, splits, offscreen_fraction, max_sources)
+    plan = _plan(classes, clips_per_class, seed, splits, offscreen_fraction, max_sources, min_sources, max_distractors, min_distractors)
     p = dict(seed=int(seed), classes=classes, seconds=float(seconds), fps=fps, size=int(size), sample_rate=int(sample_rate),
              n_contexts=int(n_contexts), context_strength=float(context_strength), variation=float(variation),
-             ground_truth=bool(max_sources > 1 if ground_truth is None else ground_truth))
+             ground_truth=bool(max_sources > 1 or max_distractors > 0 if ground_truth is None else ground_truth))
     out.mkdir(parents=True, exist_ok=True)
     from avc_nb import __version__
     meta = dict(generator='avc_nb.synthetic.make_synthetic', version=__version__,
@@ -395,7 +425,9 @@ def make_synthetic(out_dir, n_classes: int = 10, clips_per_class: int = 30, seco
                             sample_rate=sample_rate, seed=seed, offscreen_fraction=offscreen_fraction, max_sources=max_sources,
                             class_offset=class_offset, splits=dict(zip(_split_names(splits), splits.values() if isinstance(splits, dict) else splits)),
                             n_contexts=n_contexts, context_strength=context_strength, variation=variation,
-                            ground_truth=p['ground_truth']),
+                            ground_truth=p['ground_truth'],
+                            **(dict(min_sources=min_sources) if min_sources != 1 else {}),
+                            **(dict(max_distractors=max_distractors, min_distractors=min_distractors) if max_distractors else {})),
                 classes=class_table(n_classes, class_offset).to_dict('records'))
     (out / 'synthetic.json').write_text(json.dumps(meta, indent=1))
     bar = tqdm(total=len(plan), unit='clip', desc='make_synthetic', disable=not progress)
@@ -444,6 +476,8 @@ def _summary(man: Manifest, out: Path, secs: float) -> str:
              f"  splits: {({k: int(v) for k, v in df.split.value_counts().sort_index().items()})}",
              f"  sources per clip: {({int(k): int(v) for k, v in df.n_sources.value_counts().sort_index().items()})}",
              f"  off-screen clips: {int(df.offscreen.sum())}",
+             *([f"  silent distractors per clip: {({int(k): int(v) for k, v in df.n_distractors.value_counts().sort_index().items()})}"]
+               if 'n_distractors' in df and (df.n_distractors > 0).any() else []),
              f"  ground truth: {'yes (boxes + stems)' if (df.gt_path != '').any() else 'no'}",
              f"  manifest: {out / 'manifest.csv'}",
              f"  classes: {', '.join(man.classes)}"]
@@ -469,6 +503,11 @@ def avc_synth_cli(argv=None) -> None:
                     help="fraction of clips whose first sound is off-screen (of a class not visible): faulty positives")
     ap.add_argument('--max-sources', type=int, default=1, choices=(1, 2, 3),
                     help="sounding objects per clip are 1..MAX_SOURCES, balanced per class")
+    ap.add_argument('--min-sources', type=int, default=1, choices=(1, 2, 3),
+                    help="fewest sounding objects per clip (with --max-sources: a set of only 2-source scenes is 2 and 2)")
+    ap.add_argument('--max-distractors', type=int, default=0,
+                    help="silent visible objects per clip are MIN..MAX_DISTRACTORS, balanced per class (each of a class that does not sound)")
+    ap.add_argument('--min-distractors', type=int, default=0, help="fewest silent visible objects per clip")
     ap.add_argument('--class-offset', type=int, default=0,
                     help="first class number: 10 gives the second family (classes 10..) for out-of-domain probing")
     ap.add_argument('--splits', type=str, default='0.8,0.2',
@@ -480,7 +519,7 @@ def avc_synth_cli(argv=None) -> None:
                     help="scale of the within-class variation (hue, speed, pitch, rate jitter); 2 = twice as varied, harder")
     gt = ap.add_mutually_exclusive_group()
     gt.add_argument('--ground-truth', dest='ground_truth', action='store_true', default=None,
-                    help="write boxes and stems (default: only when --max-sources > 1)")
+                    help="write boxes and stems (default: only when --max-sources > 1 or --max-distractors > 0)")
     gt.add_argument('--no-ground-truth', dest='ground_truth', action='store_false', help="never write boxes and stems")
     ap.add_argument('--workers', type=int, default=1, help="worker processes for rendering and encoding")
     ap.add_argument('--overwrite', action='store_true', help="replace OUT_DIR if it holds a previous synthetic set")
@@ -493,5 +532,6 @@ def avc_synth_cli(argv=None) -> None:
                          size=a.size, sample_rate=a.sample_rate, seed=a.seed, offscreen_fraction=a.offscreen,
                          max_sources=a.max_sources, class_offset=a.class_offset, splits=splits, n_contexts=a.contexts,
                          context_strength=a.context_strength, variation=a.variation, ground_truth=a.ground_truth, workers=a.workers,
-                         progress=not a.quiet, overwrite=a.overwrite)
+                         progress=not a.quiet, overwrite=a.overwrite, max_distractors=a.max_distractors,
+                         min_distractors=a.min_distractors, min_sources=a.min_sources)
     print(_summary(man, Path(a.out_dir), time.time() - t0))
