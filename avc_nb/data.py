@@ -28,9 +28,10 @@ from tqdm.auto import tqdm
 from .core import AvcError, Config, ConfigError
 
 # %% auto #0
-__all__ = ['MANIFEST_COLUMNS', 'AV_EXTENSIONS', 'ClipError', 'ManifestError', 'Manifest', 'write_manifest', 'read_manifest',
-           'Clip', 'write_clip', 'load_clip', 'read_vggsound', 'read_tau_avs', 'read_fsdnoisy18k', 'read_esc50',
-           'read_folder', 'CacheSpec', 'DiskFullError', 'prepare_cache', 'CacheError', 'ClipCache']
+__all__ = ['MANIFEST_COLUMNS', 'AV_EXTENSIONS', 'MUSIC_LISTS', 'VIDEO_EXTENSIONS', 'ClipError', 'ManifestError', 'Manifest',
+           'write_manifest', 'read_manifest', 'Clip', 'write_clip', 'load_clip', 'read_vggsound', 'read_tau_avs',
+           'read_fsdnoisy18k', 'read_esc50', 'read_folder', 'read_music', 'read_vggss', 'box_mask', 'CacheSpec',
+           'DiskFullError', 'prepare_cache', 'CacheError', 'ClipCache']
 
 # %% ../nbs/01_data.ipynb #e312801e
 class ClipError(AvcError, ValueError):
@@ -320,12 +321,13 @@ def load_clip(path, start: float = 0.0, duration: float | None = None, fps: floa
     finally: c.close()
 
 # %% ../nbs/01_data.ipynb #3a5c6e49
-def _finish(rows: list, on_error: str = 'raise', check_files: bool = True) -> Manifest:
+def _finish(rows: list, on_error: str = 'raise', check_files: bool = True, extra_paths=()) -> Manifest:
     _check_on_error(on_error)
     keep, skipped = [], []
     for r in rows:
         if check_files:
-            missing = [p for p in {r.get('video_path', ''), r.get('audio_path', '')} if p and not Path(p).exists()]
+            paths = [r.get('video_path', ''), r.get('audio_path', '')] + [r.get(c, '') for c in extra_paths]
+            missing = [p for p in dict.fromkeys(paths) if p and not Path(p).exists()]
             if missing:
                 if on_error == 'raise': raise ClipError(missing[0], f"file not found (clip {r['clip_id']})")
                 skipped.append(dict(clip_id=r['clip_id'], path=missing[0], reason='file not found')); continue
@@ -434,6 +436,101 @@ def read_folder(root, extensions=AV_EXTENSIONS, split: str = 'train') -> Manifes
                              audio_path=str(f), label=label_dir.name, split=split, start=0.0, duration=float('nan')))
     if not rows: raise FileNotFoundError(f"no clips with extensions {extensions} under {root}/<label>/")
     return _finish(rows, check_files=False)
+
+# %% ../nbs/01_data.ipynb #259b57fc
+MUSIC_LISTS = ('MUSIC_solo_videos.json', 'MUSIC_duet_videos.json', 'MUSIC21_solo_videos.json')
+VIDEO_EXTENSIONS = ('.mp4', '.mkv', '.webm', '.avi', '.mov')
+
+def _music_list(root: Path, name) -> tuple:
+    "(path, {category: [youtube ids]}) of one MUSIC JSON list; a bad file is named with what is wrong in it."
+    path = Path(name) if Path(name).is_absolute() or Path(name).exists() else root / name
+    if not path.exists(): raise FileNotFoundError(f"MUSIC list not found: {path} (the lists are in github.com/roudimit/MUSIC_dataset)")
+    try: d = json.loads(path.read_text(encoding='utf-8'))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e: raise ManifestError(f"{path}: not a MUSIC list: not valid JSON ({e})") from None
+    videos = d.get('videos') if isinstance(d, dict) else None
+    if not isinstance(videos, dict): raise ManifestError(f"{path}: not a MUSIC list: no 'videos' object of category -> list of YouTube ids")
+    for cat, ids in videos.items():
+        if not isinstance(ids, list) or not all(isinstance(i, str) and i for i in ids):
+            raise ManifestError(f"{path}: videos[{cat!r}] must be a list of YouTube ids (strings), got {str(ids)[:60]}")
+    return path, videos
+
+def read_music(root, solo_list='MUSIC_solo_videos.json', duet_list='MUSIC_duet_videos.json', video_dir=None,
+               test_fraction: float = 0.2, on_error: str = 'raise', check_files: bool = True) -> Manifest:
+    "Manifest of MUSIC (Sound of Pixels): its solo and duet JSON lists of YouTube ids and the videos found by id under `video_dir`."
+    root = Path(root)
+    if not 0 <= test_fraction < 1: raise ValueError(f"test_fraction must be in [0, 1), got {test_fraction}")
+    lists = [(s, n) for s, n in (('solo', solo_list), ('duet', duet_list)) if n]
+    if not lists: raise ValueError("read_music: give solo_list or duet_list (or both)")
+    vdir = Path(video_dir) if video_dir else root
+    found = {}   # youtube id -> [files]; the files may sit in any layout under vdir (solo/<instrument>/<id>.mp4 is usual)
+    if vdir.is_dir():
+        for dirpath, _, files in os.walk(vdir):
+            for f in files:
+                stem, ext = os.path.splitext(f)
+                if ext.lower() in AV_EXTENSIONS: found.setdefault(stem, []).append(os.path.join(dirpath, f))
+    elif check_files: raise FileNotFoundError(f"MUSIC video folder not found: {vdir}")
+    rows = []
+    for subset, name in lists:
+        path, videos = _music_list(root, name)
+        for cat, ids in videos.items():
+            instruments = cat.split()
+            n_test = int(round(test_fraction * len(ids)))   # by list position: the split does not depend on which downloads worked
+            for k, yid in enumerate(ids):
+                files = sorted(found.get(yid, []), key=lambda p: (os.path.splitext(p)[1].lower() not in VIDEO_EXTENSIONS, p))
+                video = next((p for p in files if os.path.splitext(p)[1].lower() in VIDEO_EXTENSIONS), '')
+                audio = video or (files[0] if files else '')
+                if not files:  # where the usual layout would have it: the message of a missing clip names that path
+                    video = audio = str(vdir / subset / cat.replace(' ', '_') / f"{yid}.mp4")
+                rows.append(dict(clip_id=yid, video_path=video, audio_path=audio, label=cat, split='test' if k >= len(ids) - n_test else 'train',
+                                 start=0.0, duration=float('nan'), subset=subset, instruments=';'.join(instruments),
+                                 n_sources=len(instruments), youtube_id=yid, list=path.name))
+    return _finish(rows, on_error, check_files)
+
+def read_vggss(root, annotations=None, test_list=None, frame_dir: str = 'frames', audio_dir: str = 'audio',
+               on_error: str = 'raise', check_files: bool = True) -> Manifest:
+    "Manifest of VGG-Sound Source (VGGSS): `vggss.json` boxes, `frames/<file>.jpg` and `audio/<file>.wav`, as the LVS / EZ-VSL test code reads them."
+    root = Path(root)
+    cands = [Path(annotations)] if annotations else [root / 'vggss.json', root / 'metadata' / 'vggss.json']
+    path = next((p for p in cands if p.exists()), None)
+    if path is None: raise FileNotFoundError(f"VGGSS annotations not found: {' or '.join(map(str, cands))} (metadata/vggss.json of the LVS code)")
+    try: ann = json.loads(path.read_text(encoding='utf-8'))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e: raise ManifestError(f"{path}: not VGGSS annotations: not valid JSON ({e})") from None
+    if not isinstance(ann, list): raise ManifestError(f"{path}: not VGGSS annotations: expected a list of {{file, class, bbox}} entries")
+    by_file = {}
+    for i, a in enumerate(ann):
+        miss = [k for k in ('file', 'class', 'bbox') if not isinstance(a, dict) or k not in a]
+        if miss: raise ManifestError(f"{path}: entry {i} has no {miss} (each entry is {{file, class, bbox}})")
+        boxes = a['bbox']
+        ok = isinstance(boxes, list) and len(boxes) > 0 and all(
+            isinstance(b, list) and len(b) == 4 and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in b) for b in boxes)
+        if not ok: raise ManifestError(f"{path}: entry {i} ({a['file']}): bbox must be a non-empty list of [x0, y0, x1, y1] "
+                                       f"fractions of the frame, got {str(boxes)[:60]}")
+        by_file[str(a['file'])] = a
+    order = list(by_file)
+    if test_list:
+        tl = Path(test_list)
+        if not tl.exists(): raise FileNotFoundError(f"VGGSS test list not found: {tl}")
+        order = []
+        for ln, rec in enumerate(csv.reader(tl.read_text(encoding='utf-8').splitlines()), 1):
+            if not rec or not rec[0].strip(): continue
+            if rec[0].strip() not in by_file: raise ManifestError(f"{tl}, line {ln}: {rec[0].strip()!r} has no boxes in {path}")
+            order.append(rec[0].strip())
+    rows = [dict(clip_id=f, video_path='', audio_path=str(root / audio_dir / f"{f}.wav"), frame_path=str(root / frame_dir / f"{f}.jpg"),
+                 label=str(by_file[f]['class']), split='test', start=0.0, duration=float('nan'),
+                 boxes=json.dumps(by_file[f]['bbox']), n_boxes=len(by_file[f]['bbox'])) for f in order]
+    return _finish(rows, on_error, check_files, extra_paths=('frame_path',))
+
+def box_mask(boxes, size: int = 224, consensus: int = 1) -> np.ndarray:
+    "Ground-truth map (size, size) of boxes given as [x0, y0, x1, y1] fractions of the frame, as the LVS / EZ-VSL evaluation draws it."
+    if isinstance(boxes, str): boxes = json.loads(boxes)
+    if consensus < 1: raise ValueError(f"consensus must be >= 1, got {consensus}")
+    gt = np.zeros((size, size))
+    for b in boxes:
+        if len(b) != 4: raise ValueError(f"a box is [x0, y0, x1, y1], got {b}")
+        x0, y0, x1, y1 = (int(size * min(max(float(x), 0.0), 1.0)) for x in b)  # clip to the frame, then truncate, as the reference does
+        gt[y0:y1, x0:x1] += 1
+    return np.minimum(gt / consensus, 1.0)   # consensus 1 (VGGSS): the union; 2 (Flickr, 3 annotators): 1 where two agree, 0.5 where one
+
 
 # %% ../nbs/01_data.ipynb #eda58c5b
 @dataclasses.dataclass
