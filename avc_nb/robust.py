@@ -30,11 +30,11 @@ from .synthetic import make_synthetic
 
 # %% auto #0
 __all__ = ['OBJECTIVES', 'DATA_KEYS', 'FEATURES_VERSION', 'PUBLISHED_P2', 'METRICS', 'objective_spec', 'roc_auc',
-           'same_class_share', 'RobustObjective', 'colour_histogram', 'clip_features', 'PairHeads', 'pretrain_heads',
-           'head_features', 'probe_features', 'RobustConfig', 'prepare_robust_data', 'run_robust_one',
-           'raw_input_probes', 'paired_vs', 'paired_table', 'summary_table', 'detection_table', 'soft_mass_table',
-           'claim_checks', 'plot_weight_distributions', 'plot_detection_curves', 'run_robust', 'write_report',
-           'robust_study']
+           'same_class_share', 'RobustObjective', 'TrainerObjective', 'robust_trainer', 'colour_histogram',
+           'clip_features', 'PairHeads', 'pretrain_heads', 'head_features', 'probe_features', 'RobustConfig',
+           'prepare_robust_data', 'run_robust_one', 'raw_input_probes', 'paired_vs', 'paired_table', 'summary_table',
+           'detection_table', 'soft_mass_table', 'claim_checks', 'plot_weight_distributions', 'plot_detection_curves',
+           'run_robust', 'write_report', 'robust_study']
 
 # %% ../nbs/13_robust.ipynb #822c411e
 OBJECTIVES = {
@@ -101,7 +101,7 @@ class RobustObjective(nn.Module):
         self.tau, self.lam, self.t_s, self.t_t, self.seed, self.record = tau, lam, t_s, t_t, seed, record
         self.cma_start = cma_start
         # class of every bank item (measurement only: which soft-target mass and which CMA positives are same-class)
-        self.item_labels = None if item_labels is None else torch.as_tensor(np.asarray(item_labels)).long()
+        self.register_buffer('item_labels', None if item_labels is None else torch.as_tensor(np.asarray(item_labels)).long())
         # the weight rule runs for every objective: where it is not used, its weights are what it *would* give
         self.weights = FaultyPositiveWeights(delta=w_delta, kappa=w_kappa, w_min=w_min, momentum=w_momentum)
         g = torch.Generator().manual_seed(derive_seed('robust-bank', seed))
@@ -127,7 +127,7 @@ class RobustObjective(nn.Module):
                 loss = soft_target_infonce(a, v, self.tau, lam=self.lam, mode=sp['soft'], t_s=self.t_s, t_t=self.t_t, weights=weights)
                 if labels is not None:
                     S, _ = soft_targets(a, v, lam=1.0, mode=sp['soft'], t_s=self.t_s, t_t=self.t_t)
-                    eye = torch.eye(len(a), dtype=torch.bool)
+                    eye = torch.eye(len(a), dtype=torch.bool, device=a.device)
                     rec['same_mass'], rec['chance'] = same_class_share(S, labels[None, :].expand(len(a), -1), labels, eye)
             elif sp['weighted']: loss = weighted_infonce(a, v, self.tau, weights=weights)
             else: loss = infonce(a, v, self.tau)
@@ -151,6 +151,33 @@ class RobustObjective(nn.Module):
             self.bank.update(index, a.detach(), v.detach())
         if self.record and self.training: self.records.append(rec)
         return loss, dict(w_mean=float(w.mean()))
+
+class TrainerObjective(nn.Module):
+    "A `RobustObjective` as notebook 07's `Trainer(objective=...)` calls it, `objective(out, batch)`; counts its steps to know the epoch."
+    def __init__(self, objective: RobustObjective, steps_per_epoch: int | None = None):
+        super().__init__()
+        self.objective, self.steps_per_epoch = objective, steps_per_epoch
+        self.register_buffer('steps', torch.zeros((), dtype=torch.long))   # checkpointed with the loss modules: a resume keeps counting
+
+    def forward(self, out, batch: dict) -> tuple[torch.Tensor, dict]:
+        if not self.steps_per_epoch: raise ValueError("TrainerObjective: set steps_per_epoch (the Trainer's steps_per_epoch) before training")
+        step = int(self.steps)
+        loss, extra = self.objective(out.audio.float(), out.video.float(), batch['index'], batch.get('label'),
+                                     step=step, epoch=step // self.steps_per_epoch)
+        if self.training: self.steps += 1
+        return loss, extra
+
+def robust_trainer(cfg, objective_name: str, cache: ClipCache | None = None, callbacks=(), **objective_kwargs):
+    "Notebook 07's `Trainer` for `cfg` (a `TrainConfig`) training the full encoders with one of `OBJECTIVES`; the bank has one entry per cache clip."
+    from avc_nb.train import Trainer
+    cache = cache if cache is not None else ClipCache(cfg.cache_dir)
+    kw = dict(tau=cfg.tau, lam=cfg.lam, t_s=cfg.t_s, t_t=cfg.t_t, w_delta=cfg.w_delta, w_kappa=cfg.w_kappa, w_min=cfg.w_min,
+              w_momentum=cfg.w_momentum, bank_momentum=cfg.bank_momentum, bank_negatives=cfg.bank_negatives, seed=cfg.seed,
+              item_labels=cache.labels)
+    obj = TrainerObjective(RobustObjective(objective_name, len(cache), cfg.proj_dim, **{**kw, **objective_kwargs}))
+    tr = Trainer(cfg, callbacks=callbacks, cache=cache, objective=obj)
+    obj.steps_per_epoch = tr.steps_per_epoch
+    return tr
 
 # %% ../nbs/13_robust.ipynb #1c2af4b7
 def colour_histogram(x: torch.Tensor, bins: int = 6) -> torch.Tensor:

@@ -90,3 +90,34 @@ def test_auc_and_claims_on_known_numbers():
             for o in ('AVID bank', 'AVID+CMA') for f in (0.0,) for s in range(3)]
     cc = claim_checks(pd.DataFrame(rows)).set_index('claim')
     assert cc.loc['AVID+CMA beats AVID, off 0 (id_linear_audio)', 'verdict'] == 'holds'
+
+
+def test_through_the_trainer_with_resume(tmp_path):
+    "Notebook 07's Trainer with a RobustObjective: the steps count and the bank survive a checkpoint and resume."
+    torch.set_num_threads(1)
+    from avc_nb.data import CacheSpec, prepare_cache
+    from avc_nb.robust import robust_trainer
+    from avc_nb.sampling import SamplingSpec
+    from avc_nb.synthetic import make_synthetic
+    from avc_nb.train import TrainConfig
+    man = make_synthetic(tmp_path / 'clips', n_classes=3, clips_per_class=6, offscreen_fraction=0.5, splits=(1.0,), size=48,
+                         progress=False)
+    cache = prepare_cache(man, tmp_path / 'cache', CacheSpec(seconds=2.0, fps=8, size=48, sample_rate=16000), progress=False)
+    def cfg(epochs):
+        return TrainConfig(cache_dir=str(cache.dir), out_dir=str(tmp_path / 'run'), epochs=epochs, crop=32, n_frames=4,
+                           sampling=SamplingSpec(batch_size=6, drop_last=True), progress=False)
+    tr = robust_trainer(cfg(1), 'AVID+CMA', cache=cache, pos_k=3, n_negatives_within=3, cma_start=1, refresh_every=1)
+    tr.fit(resume=False)
+    obj = tr.loss_mods['objective']
+    assert int(obj.steps) == 3 and int(obj.objective.bank.found_at) == -1       # one epoch of AVID, no CMA yet
+    bank = obj.objective.bank.mem_a.clone()
+    tr2 = robust_trainer(cfg(2), 'AVID+CMA', cache=cache, pos_k=3, n_negatives_within=3, cma_start=1, refresh_every=1)
+    obj2 = tr2.loss_mods['objective']
+    assert not torch.equal(bank, obj2.objective.bank.mem_a)                       # a fresh bank: other random entries
+    tr2.load()
+    assert torch.equal(bank, obj2.objective.bank.mem_a) and int(obj2.steps) == 3  # the checkpoint restores bank and count
+    tr2.fit(resume=True)
+    assert int(obj2.steps) == 6                                                   # counting went on from the checkpoint
+    assert int(obj2.objective.bank.found_at) == 0                                 # CMA started at epoch 1
+    assert len(obj2.objective.records) == 3                                       # the resumed run recorded its own steps
+    assert not torch.equal(bank, obj2.objective.bank.mem_a)                       # and training moved it on
