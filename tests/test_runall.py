@@ -6,6 +6,9 @@ directory set to the notebook's folder, as JupyterLab does. The copy holds the r
 and untracked-but-not-ignored files, so the export cells at the end of the notebooks write into the
 copy, never into the repository, and no local data, caches or outputs leak in.
 
+Each notebook gets its own fresh copy, as if it were the first one run after a clone, so what one
+notebook writes (notebook 11 writes outputs/demo, which tutorial 03 reads) cannot change another.
+
 The test fails naming the notebook and the cell that raised, and fails when a notebook takes longer
 than the Run All budget (5 minutes). It prints a table of wall times either way.
 
@@ -111,6 +114,13 @@ def _execute(nb_path: str, out_json: str, cell_timeout: float):
     Path(out_json).write_text(json.dumps(res))
 
 
+def _run_in_copy(nb: Path, dest: Path) -> dict:
+    "A fresh copy of the repository for each notebook: what one notebook writes (11 writes outputs/demo,"
+    "which tutorial 03 reads) cannot change another's run, whatever the order."
+    repo = copy_repository(dest)
+    return run_notebook(repo / nb, repo)
+
+
 def _selected(nbs: list) -> list:
     only = [s.strip() for s in os.environ.get("AVC_RUNALL_ONLY", "").split(",") if s.strip()]
     return [p for p in nbs if not only or any(s in str(p) for s in only)]
@@ -142,8 +152,7 @@ def test_copy_leaves_out_ignored_files(tmp_path):
 def test_run_all(request, tmp_path):
     if not _wanted(request.config):
         pytest.skip("Run All of every notebook takes minutes: run `pytest -q tests/test_runall.py` or set AVC_RUNALL=1")
-    repo = copy_repository(tmp_path / "repo")
-    nbs = _selected(notebooks(repo))
+    nbs = _selected(notebooks())
     assert nbs, f"no notebook matches AVC_RUNALL_ONLY={os.environ.get('AVC_RUNALL_ONLY')!r}"
     # longest first (times of the last run, kept in pytest's cache; unknown ones first), so the two
     # workers finish together instead of one waiting on a long notebook started last
@@ -152,7 +161,7 @@ def test_run_all(request, tmp_path):
     order = sorted(nbs, key=lambda p: -before.get(str(p), float("inf")))
     t0 = time.perf_counter()
     with ThreadPoolExecutor(max_workers=max(1, WORKERS)) as ex:
-        done = dict(zip(order, ex.map(lambda p: run_notebook(repo / p, repo), order)))
+        done = dict(zip(order, ex.map(lambda kp: _run_in_copy(kp[1], tmp_path / f"repo{kp[0]}"), enumerate(order))))
     total = time.perf_counter() - t0
     results = {p: done[p] for p in nbs}
     if cache is not None:
