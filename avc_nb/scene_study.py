@@ -40,6 +40,7 @@ class SceneStudyConfig(Config):
     n_classes: int = 6
     clips_per_class: int = 30
     context_strength: float = 1.0
+    max_distractors: int = 0
     preset: str = 'small'
     n_visual_clusters: int = 4
     n_audio_clusters: int = 3
@@ -83,7 +84,7 @@ class SceneStudyConfig(Config):
 # %% ../nbs/16_scenes_study.ipynb #b40da9be
 def _data_record(cfg: SceneStudyConfig) -> dict:
     return dict(n_classes=cfg.n_classes, clips_per_class=cfg.clips_per_class, data_seed=cfg.data_seed, max_sources=3,
-                context_strength=cfg.context_strength,
+                context_strength=cfg.context_strength, max_distractors=cfg.max_distractors,
                 seconds=2.0, fps=8, size=64)
 
 def scene_data(cfg: SceneStudyConfig) -> tuple[ClipCache, pd.DataFrame]:
@@ -102,7 +103,7 @@ def scene_data(cfg: SceneStudyConfig) -> tuple[ClipCache, pd.DataFrame]:
     stamp.write_text(json.dumps(dict(fingerprint=fingerprint(rec), record=rec), indent=1))
     man = make_synthetic(root / 'clips', n_classes=cfg.n_classes, clips_per_class=cfg.clips_per_class, max_sources=3,
                          seed=cfg.data_seed, seconds=2.0, fps=8, size=64, context_strength=cfg.context_strength,
-                         progress=cfg.progress, overwrite=True)
+                         max_distractors=cfg.max_distractors, progress=cfg.progress, overwrite=True)
     cache = prepare_cache(man, root / 'cache', CacheSpec(seconds=2.0, fps=8, size=64), workers=0, progress=cfg.progress)
     return cache, cache.manifest.df.reset_index(drop=True)
 

@@ -49,3 +49,13 @@ def test_tiny_study_end_to_end(tmp_path):
     assert t['rows'].loc[t['rows'].condition.isin(['simple-first', 'shuffled', 'complex-first']), 'steps_to_target'].notna().all()
     assert len(claim_checks(t)) == 9 and len(dmc_table(t)) > 4
     assert load_scene_study(tmp_path)['config'] == cfg.to_dict()
+
+
+def test_distractors_reach_the_data(tmp_path):
+    "max_distractors goes to the generator: silent objects in the manifest, counted by scene_complexity, not in the masks."
+    from avc_nb.scenes import scene_complexity
+    cfg = SceneStudyConfig(out_dir=str(tmp_path), n_classes=5, clips_per_class=4, max_distractors=1)
+    cache, df = scene_data(cfg)
+    assert set(df.n_distractors) <= {0, 1} and df.n_distractors.sum() > 0
+    np.testing.assert_array_equal(scene_complexity(df), df.n_sources + df.n_distractors)
+    with pytest.raises(AvcError, match='other settings'): scene_data(SceneStudyConfig(out_dir=str(tmp_path), n_classes=5, clips_per_class=4))
