@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.avc_nb-installed
 DEMO_OUT ?= outputs/demo
 
-.PHONY: install demo test test-all lab sync-check docs docs-full
+.PHONY: install demo test test-all lab sync-check docs docs-full runall
 
 $(STAMP): settings.ini setup.py
 	@test -x $(BIN)/python || python3 -m venv $(VENV)
@@ -30,6 +30,12 @@ test: install sync-check
 
 sync-check: install
 	PATH="$(abspath $(BIN)):$$PATH" bash .ci/check_sync
+
+# Run All: every notebook executed as Jupyter does (all cells, slow and gpu ones included), each in a
+# fresh temporary copy of the repository, two at a time with one thread each; fails on an error
+# (naming notebook and cell) or a notebook over 5 minutes. About 20 minutes on 2 cores.
+runall: install
+	$(BIN)/pytest -q tests/test_runall.py
 
 # The same, with the slow cells too (the gpu cells need a CUDA machine: add `gpu` there).
 test-all: install sync-check
