@@ -204,29 +204,45 @@ def _quick_help() -> str:
             f"{' and '.join(map(str, q.sizes))} clips per class ({len(q.sizes)} size) x {len(q.seeds)} seeds, "
             f"{q.epochs} epochs, crop {q.crop}, {'with' if q.finetune else 'no'} fine-tuning; "
             + (f"then the held-out check: {' and '.join(q.heldout_variants)} on new data (data seed "
-               f"{q.heldout_data_seed}, {q.heldout_classes} classes) at that size" if q.heldout else 'no held-out check'))
+               f"{q.heldout_data_seed}, {q.heldout_classes} classes) at that size" if q.heldout else 'no held-out check')
+            + f"; with --study robust: {_robust_quick_help()}")
+
+def _robust_quick_help() -> str:
+    "What `--study robust --quick` runs, read from RobustConfig.quick()."
+    from avc_nb.robust import RobustConfig
+    q = RobustConfig.quick()
+    return (f"RobustConfig.quick(): {len(q.objectives)} objectives x off-screen fractions {q.fractions} x {len(q.seeds)} seeds, "
+            f"{q.clips_per_class} clips per class, {q.epochs} epochs")
 
 def _replicate_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog='avc_replicate', description=(
         "Replicate the soft-positive study (notebook 11) on the built-in synthetic data: every sampling variant "
         "x dataset sizes x seeds, audio linear/kNN probes in- and out-of-domain, a results table with mean ± std, "
-        "the published table beside it, and a figure. Finished runs in --out are reused."),
+        "the published table beside it, and a figure. With --study robust: notebook 13's robust-xID study "
+        "(objectives x off-screen fractions x seeds, detection, soft-target mass, probes, claim checks). "
+        "Finished runs in --out are reused."),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument('--study', choices=['soft-positive', 'robust'], default='soft-positive',
+                   help="soft-positive: notebook 11; robust: notebook 13 (robust xID + AVID-CMA, off-screen faults)")
     p.add_argument('--quick', action='store_true', help=_quick_help())
     p.add_argument('--seeds', type=int, help='number of seeds (0..N-1)')
-    p.add_argument('--variants', nargs='+', help='variants to run, by their table names (quote names with spaces)')
-    p.add_argument('--sizes', nargs='+', type=int, help='pretraining clips per class')
+    p.add_argument('--variants', nargs='+', help='variants to run, by their table names (quote names with spaces); '
+                   'with --study robust, the objectives (InfoNCE is always needed)')
+    p.add_argument('--sizes', nargs='+', type=int, help='pretraining clips per class (soft-positive study only)')
     p.add_argument('--epochs', type=int, help='pretraining epochs per run')
     p.add_argument('--preset', choices=PRESET_CHOICES, help=PRESET_HELP)
     p.add_argument('--out', help='output folder (results.csv, table.md, figure.png, runs/)')
-    p.add_argument('--config', help='a ReplicateConfig YAML (an output folder\'s replicate.yaml)')
-    p.add_argument('--set', action='append', default=[], metavar='KEY=VALUE', help='change any ReplicateConfig field; repeatable')
+    p.add_argument('--config', help='a ReplicateConfig YAML (an output folder\'s replicate.yaml); with --study robust, '
+                   'a RobustConfig YAML (an output folder\'s robust.yaml)')
+    p.add_argument('--set', action='append', default=[], metavar='KEY=VALUE',
+                   help='change any ReplicateConfig field (RobustConfig with --study robust); repeatable')
     return add_debug_option(p)
 
 @command_errors('avc_replicate')
 def avc_replicate_cli(argv=None):
     "Entry point of `avc_replicate`."
     a = _replicate_parser().parse_args(argv)
+    if a.study == 'robust': return _robust_cli(a)
     from avc_nb.replicate import ReplicateConfig, replicate
     base = ReplicateConfig.from_yaml(a.config) if a.config else (ReplicateConfig.quick() if a.quick else ReplicateConfig())
     d = base.to_dict()
@@ -244,3 +260,26 @@ def avc_replicate_cli(argv=None):
     replicate(cfg)
     print(Path(cfg.out_dir, 'table.md').read_text())
     print(f"avc_replicate: {time.perf_counter() - t0:.0f} s; results in {cfg.out_dir}/ (results.csv, table.md, figure.png)")
+
+def _robust_cli(a):
+    "`avc_replicate --study robust`: notebook 13's `run_robust` with a RobustConfig from --config, --quick or the defaults, and the options."
+    from avc_nb.robust import RobustConfig, run_robust
+    wrong = [o for o, v in (('--sizes', a.sizes), ('--preset', a.preset)) if v]
+    if wrong: raise AvcError(f"{', '.join(wrong)}: options of the soft-positive study; the robust study sets its data size "
+                             "with --set clips_per_class=N and uses its own small encoders")
+    base = RobustConfig.from_yaml(a.config) if a.config else (RobustConfig.quick() if a.quick else RobustConfig())
+    d = base.to_dict()
+    if a.out: d['out_dir'] = a.out
+    elif not a.config: d['out_dir'] = 'runs/robust-quick' if a.quick else 'runs/robust'
+    if a.seeds: d['seeds'] = list(range(a.seeds))
+    if a.variants: d['objectives'] = a.variants
+    if a.epochs: d['epochs'] = a.epochs
+    cfg = RobustConfig.from_dict(apply_overrides(d, a.set, RobustConfig))
+    ensure_writable_dir(cfg.out_dir, 'output folder')
+    import time
+    t0 = time.perf_counter()
+    run_robust(cfg)
+    print(Path(cfg.out_dir, 'tables.md').read_text())
+    print(f"avc_replicate --study robust: {time.perf_counter() - t0:.0f} s; results in {cfg.out_dir}/ "
+          "(results.csv, tables.md, weights.png, detection.png)")
+

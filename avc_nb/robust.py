@@ -10,6 +10,8 @@ import hashlib
 import json
 import math
 import os
+import shutil
+import tempfile
 import time
 from pathlib import Path
 
@@ -20,21 +22,22 @@ import torch.nn as nn
 
 from .core import Config, ConfigError
 from .data import CacheSpec, ClipCache, prepare_cache
+from .encoders import AVEmbeddings
 from .features import LogMel
 from .losses import (CrossModalAgreement, FaultyPositiveWeights, MemoryBank, SOFT_TARGET_MODES, infonce,
                      pair_similarity, soft_target_infonce, soft_targets, weighted_infonce)
 from .probe import knn_probe, linear_probe, probe_split
 from .replicate import paired_stats, to_markdown
-from .sampling import derive_seed
+from .sampling import SamplingSpec, derive_seed, keyed_generator
 from .synthetic import make_synthetic
 
 # %% auto #0
-__all__ = ['OBJECTIVES', 'DATA_KEYS', 'FEATURES_VERSION', 'PUBLISHED_P2', 'METRICS', 'objective_spec', 'roc_auc',
+__all__ = ['OBJECTIVES', 'DATA_KEYS', 'FEATURES_VERSION', 'STUDY_VERSION', 'PUBLISHED_P2', 'METRICS', 'objective_spec', 'roc_auc',
            'same_class_share', 'RobustObjective', 'TrainerObjective', 'robust_trainer', 'colour_histogram',
-           'clip_features', 'PairHeads', 'pretrain_heads', 'head_features', 'probe_features', 'RobustConfig',
-           'prepare_robust_data', 'run_robust_one', 'raw_input_probes', 'paired_vs', 'paired_table', 'summary_table',
-           'detection_table', 'soft_mass_table', 'claim_checks', 'plot_weight_distributions', 'plot_detection_curves',
-           'run_robust', 'write_report', 'robust_study']
+           'window_features', 'clip_features', 'PairHeads', 'FeatureHeads', 'pretrain_heads', 'head_features',
+           'probe_features', 'RobustConfig', 'prepare_robust_data', 'run_robust_one', 'raw_input_probes', 'paired_vs',
+           'paired_table', 'summary_table', 'detection_table', 'soft_mass_table', 'claim_checks',
+           'plot_weight_distributions', 'plot_detection_curves', 'run_robust', 'write_report', 'robust_study']
 
 # %% ../nbs/13_robust.ipynb #822c411e
 OBJECTIVES = {
@@ -167,15 +170,16 @@ class TrainerObjective(nn.Module):
         if self.training: self.steps += 1
         return loss, extra
 
-def robust_trainer(cfg, objective_name: str, cache: ClipCache | None = None, callbacks=(), **objective_kwargs):
-    "Notebook 07's `Trainer` for `cfg` (a `TrainConfig`) training the full encoders with one of `OBJECTIVES`; the bank has one entry per cache clip."
+def robust_trainer(cfg, objective_name: str, cache: ClipCache | None = None, callbacks=(), model: nn.Module | None = None,
+                   subset=None, **objective_kwargs):
+    "Notebook 07's `Trainer` for `cfg` (a `TrainConfig`) training the full encoders (or `model`) with one of `OBJECTIVES`; the bank has one entry per cache clip."
     from avc_nb.train import Trainer
     cache = cache if cache is not None else ClipCache(cfg.cache_dir)
     kw = dict(tau=cfg.tau, lam=cfg.lam, t_s=cfg.t_s, t_t=cfg.t_t, w_delta=cfg.w_delta, w_kappa=cfg.w_kappa, w_min=cfg.w_min,
               w_momentum=cfg.w_momentum, bank_momentum=cfg.bank_momentum, bank_negatives=cfg.bank_negatives, seed=cfg.seed,
               item_labels=cache.labels)
     obj = TrainerObjective(RobustObjective(objective_name, len(cache), cfg.proj_dim, **{**kw, **objective_kwargs}))
-    tr = Trainer(cfg, callbacks=callbacks, cache=cache, objective=obj)
+    tr = Trainer(cfg, callbacks=callbacks, cache=cache, objective=obj, model=model, subset=subset)
     obj.steps_per_epoch = tr.steps_per_epoch
     return tr
 
@@ -184,13 +188,28 @@ def colour_histogram(x: torch.Tensor, bins: int = 6) -> torch.Tensor:
     "Share of the pixels of x (B, ..., 3), values in [0, 1], in each of bins**3 RGB cells: where things are does not matter, what colour they are does."
     q = (x.clamp(0, 1 - 1e-6) * bins).long()
     code = ((q[..., 0] * bins + q[..., 1]) * bins + q[..., 2]).flatten(1)
-    h = torch.zeros(code.shape[0], bins ** 3).scatter_add_(1, code, torch.ones(code.shape))
+    h = torch.zeros(code.shape[0], bins ** 3, device=x.device).scatter_add_(1, code, torch.ones(code.shape, device=x.device))
     return h / code.shape[1]
+
+def _motion_edges(motion_bins: int) -> tuple[np.ndarray, np.ndarray]:
+    "Lower and upper edges of the motion bins: 0, then log-spaced 0.01 ... 0.5, then everything above."
+    e = np.geomspace(0.01, 0.5, motion_bins - 1)
+    return np.r_[0, e], np.r_[e, 2]
+
+def window_features(audio: torch.Tensor, frames: torch.Tensor, logmel: LogMel, bins: int = 6,
+                    motion_bins: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
+    "Inputs of one window, on the batch's device: audio (B, N) -> log-mel band means and stds (B, 2 n_mels); frames (B, T, S, S, 3), uint8 or [0, 1] -> sqrt colour and motion histograms (B, bins**3 + motion_bins)."
+    m = logmel(audio)                                                           # (B, n_mels, T)
+    fa = torch.cat([m.mean(-1), m.std(-1)], 1)
+    x = frames.float() / 255 if frames.dtype == torch.uint8 else frames.float()
+    diff = (x[:, 1:] - x[:, :-1]).abs().mean(-1)                                # how much each pixel changes
+    mot = torch.stack([((diff >= lo) & (diff < hi)).float().mean((1, 2, 3)) for lo, hi in zip(*_motion_edges(motion_bins))], 1)
+    return fa, torch.cat([colour_histogram(x, bins).sqrt(), mot.sqrt()], 1)
 
 @torch.no_grad()
 def clip_features(cache: ClipCache, n_windows: int = 3, window_s: float = 1.0, n_mels: int = 64, bins: int = 6,
                   motion_bins: int = 8, batch: int = 64) -> dict:
-    "Fixed per-window inputs of every clip, (N, K, D): audio log-mel band means and stds; video sqrt colour and motion histograms."
+    "Fixed per-window inputs of every clip, (N, K, D), by `window_features`: audio log-mel band means and stds; video sqrt colour and motion histograms."
     sp = cache.spec
     if not sp.video: raise ValueError(f"{cache.dir}: clip_features needs video in the cache")
     win_a, win_v = int(round(window_s * sp.sample_rate)), max(2, int(round(window_s * sp.fps)))
@@ -201,23 +220,18 @@ def clip_features(cache: ClipCache, n_windows: int = 3, window_s: float = 1.0, n
     A, V = [], []
     for s0 in range(0, len(cache), batch):
         b = cache.batch(np.arange(s0, min(s0 + batch, len(cache))))
-        audio, frames = torch.from_numpy(b['audio']), torch.from_numpy(b['frames']).float() / 255   # (B, N), (B, T, S, S, 3)
+        audio, frames = torch.from_numpy(b['audio']), torch.from_numpy(b['frames'])   # (B, N) int16, (B, T, S, S, 3) uint8
         fa, fv = [], []
         for t in starts:
             a0, f0 = int(round(t * sp.sample_rate)), int(round(t * sp.fps))
-            m = logmel(audio[:, a0:a0 + win_a])                                                    # (B, n_mels, T)
-            fa.append(torch.cat([m.mean(-1), m.std(-1)], 1))
-            x = frames[:, f0:f0 + win_v]                                                           # (B, T, S, S, 3)
-            diff = (x[:, 1:] - x[:, :-1]).abs().mean(-1)                                           # how much each pixel changes
-            mot = torch.stack([((diff >= lo) & (diff < hi)).float().mean((1, 2, 3))
-                               for lo, hi in zip(np.r_[0, np.geomspace(0.01, 0.5, motion_bins - 1)],
-                                                 np.r_[np.geomspace(0.01, 0.5, motion_bins - 1), 2])], 1)
-            fv.append(torch.cat([colour_histogram(x, bins).sqrt(), mot.sqrt()], 1))
+            xa, xv = window_features(audio[:, a0:a0 + win_a], frames[:, f0:f0 + win_v], logmel, bins, motion_bins)
+            fa.append(xa); fv.append(xv)
         A.append(torch.stack(fa, 1)); V.append(torch.stack(fv, 1))
     df = cache.manifest.df
     off = df['offscreen'].astype(str).str.lower().isin(['true', '1']).to_numpy() if 'offscreen' in df else np.zeros(len(cache), bool)
     return dict(audio=torch.cat(A), video=torch.cat(V), labels=torch.as_tensor(cache.labels).long(), offscreen=off,
-                splits=np.asarray(cache.splits).astype(str), classes=list(cache.classes))
+                splits=np.asarray(cache.splits).astype(str), classes=list(cache.classes), cache_dir=str(cache.dir),
+                n_mels=n_mels, bins=bins, motion_bins=motion_bins, window_s=window_s)
 
 # %% ../nbs/13_robust.ipynb #7e39ce23
 class PairHeads(nn.Module):
@@ -245,39 +259,71 @@ class PairHeads(nn.Module):
     def forward(self, xa: torch.Tensor, xv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.proj_a(self.encode(xa, 'audio')), self.proj_v(self.encode(xv, 'video'))
 
+# %% ../nbs/13_robust.ipynb #rbfh0002
+class FeatureHeads(nn.Module):
+    "The study's encoders for notebook 07's `Trainer`: raw audio and frames -> `window_features` on the device -> `PairHeads`; input noise in training mode."
+    def __init__(self, sample_rate: int = 16000, n_mels: int = 64, bins: int = 6, motion_bins: int = 8, hidden: int = 128,
+                 proj_dim: int = 64, input_noise: float = 0.0, seed: int = 0):
+        super().__init__()
+        self.init_kwargs = dict(sample_rate=sample_rate, n_mels=n_mels, bins=bins, motion_bins=motion_bins, hidden=hidden,
+                                proj_dim=proj_dim, input_noise=input_noise, seed=seed)
+        self.bins, self.motion_bins, self.input_noise, self.seed = bins, motion_bins, input_noise, seed
+        self.logmel = LogMel(sample_rate=sample_rate, n_mels=n_mels)
+        self.heads = PairHeads(2 * n_mels, bins ** 3 + motion_bins, hidden, proj_dim)
+        self.register_buffer('steps', torch.zeros((), dtype=torch.long))   # training forwards so far: keys the noise
+
+    def fit_inputs(self, xa: torch.Tensor, xv: torch.Tensor) -> 'FeatureHeads':
+        "Standardise with the statistics of the training clips' inputs (`clip_features`, all windows)."
+        self.heads.fit_inputs(xa, xv); return self
+
+    def features(self, audio: torch.Tensor, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return window_features(audio, frames, self.logmel, self.bins, self.motion_bins)
+
+    def encode(self, x: torch.Tensor, modality: str) -> torch.Tensor:
+        "Encoder features of precomputed inputs (..., D), as `PairHeads.encode`."
+        return self.heads.encode(x, modality)
+
+    def forward(self, audio: torch.Tensor, frames: torch.Tensor) -> AVEmbeddings:
+        xa, xv = self.features(audio, frames)
+        h = self.heads
+        if self.training:
+            if self.input_noise > 0:
+                g = keyed_generator('robust-noise', self.seed, int(self.steps))
+                xa = xa + self.input_noise * h.sd_a * torch.randn(xa.shape, generator=g).to(xa.device)
+                xv = xv + self.input_noise * h.sd_v * torch.randn(xv.shape, generator=g).to(xv.device)
+            self.steps += 1
+        fa, fv = h.encode(xa, 'audio'), h.encode(xv, 'video')
+        return AVEmbeddings(h.proj_a(fa), h.proj_v(fv), fa, fv)
+
 # %% ../nbs/13_robust.ipynb #97d3335c
-def pretrain_heads(feats: dict, objective_name: str, cfg: 'RobustConfig', seed: int) -> tuple[PairHeads, RobustObjective, list]:
-    "Train `PairHeads` on the train clips of `feats` with one objective; random batches, a random window per clip and step."
+def pretrain_heads(feats: dict, objective_name: str, cfg: 'RobustConfig', seed: int, cache: ClipCache | None = None,
+                   out_dir=None, keep_checkpoint: bool = False) -> tuple[PairHeads, RobustObjective, list]:
+    "Train `FeatureHeads` on the train clips of `feats`'s cache with one objective through notebook 07's `Trainer`; returns its `PairHeads`, the objective (with its records) and the step history."
+    from avc_nb.train import TrainConfig
+    if cache is None:
+        if 'cache_dir' not in feats: raise ValueError("pretrain_heads: feats carry no cache_dir (make them with clip_features) and no cache was given")
+        cache = ClipCache(feats['cache_dir'])
     idx = np.flatnonzero(feats['splits'] == 'train')
     n, B = len(idx), cfg.batch_size
     if n < B: raise ValueError(f"{n} training clips for batches of {B}")
-    xa_all, xv_all, y_all = feats['audio'][idx], feats['video'][idx], feats['labels'][idx]
+    sp = cache.spec
     torch.manual_seed(derive_seed('robust-init', seed))
-    heads = PairHeads(xa_all.shape[-1], xv_all.shape[-1], cfg.hidden, cfg.proj_dim).fit_inputs(xa_all, xv_all)
-    steps_per_epoch = n // B
-    obj = RobustObjective(objective_name, n, cfg.proj_dim, tau=cfg.tau, lam=cfg.lam, w_min=cfg.w_min, w_kappa=cfg.w_kappa,
-                          w_momentum=cfg.w_momentum, bank_negatives=cfg.bank_negatives, pos_k=cfg.pos_k,
-                          n_negatives_within=cfg.n_negatives_within, cma_start=int(round(cfg.cma_start * cfg.epochs)),
-                          refresh_every=cfg.refresh_every, seed=seed, item_labels=y_all)
-    opt = torch.optim.Adam(heads.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    rng = np.random.default_rng(derive_seed('robust-batches', seed))
-    K, hist, step = xa_all.shape[1], [], 0
-    gen = torch.Generator().manual_seed(derive_seed('robust-noise', seed))
-    heads.train(); obj.train()
-    for epoch in range(cfg.epochs):
-        perm = rng.permutation(n)
-        for b in range(steps_per_epoch):
-            pos = torch.from_numpy(perm[b * B:(b + 1) * B])
-            win = torch.from_numpy(rng.integers(K, size=B))
-            xa, xv = xa_all[pos, win], xv_all[pos, win]                      # audio and video of the same window
-            if cfg.input_noise > 0:                                             # augmentation: noise of input_noise std per dimension
-                xa = xa + cfg.input_noise * heads.sd_a * torch.randn(xa.shape, generator=gen)
-                xv = xv + cfg.input_noise * heads.sd_v * torch.randn(xv.shape, generator=gen)
-            a, v = heads(xa, xv)
-            loss, extra = obj(a, v, pos, y_all[pos], step=step, epoch=epoch)
-            opt.zero_grad(set_to_none=True); loss.backward(); opt.step()
-            hist.append(dict(step=step, epoch=epoch, loss=loss.item(), **extra)); step += 1
-    heads.eval(); obj.eval()
+    model = FeatureHeads(sp.sample_rate, n_mels=feats['audio'].shape[-1] // 2, bins=feats.get('bins', 6),
+                         motion_bins=feats.get('motion_bins', 8), hidden=cfg.hidden, proj_dim=cfg.proj_dim,
+                         input_noise=cfg.input_noise, seed=seed).fit_inputs(feats['audio'][idx], feats['video'][idx])
+    out_dir = Path(out_dir) if out_dir is not None else Path(tempfile.mkdtemp(prefix='robust-run-'))
+    tc = TrainConfig(cache_dir=str(cache.dir), out_dir=str(out_dir), seed=seed, sampling=SamplingSpec(batch_size=B, drop_last=True),
+                     n_frames=max(2, int(round(cfg.window_s * sp.fps))), audio_seconds=cfg.window_s, audio_offset=0.0,
+                     crop=0, resize=0, flip=False, proj_dim=cfg.proj_dim, tau=cfg.tau, lam=cfg.lam, w_kappa=cfg.w_kappa,
+                     w_min=cfg.w_min, w_momentum=cfg.w_momentum, bank_negatives=cfg.bank_negatives, lr=cfg.lr,
+                     weight_decay=cfg.weight_decay, epochs=cfg.epochs, progress=False)
+    tr = robust_trainer(tc, objective_name, cache=cache, model=model, subset=idx, pos_k=cfg.pos_k,
+                        n_negatives_within=cfg.n_negatives_within, cma_start=int(round(cfg.cma_start * cfg.epochs)),
+                        refresh_every=cfg.refresh_every)
+    hist = tr.fit(resume=False)
+    if not keep_checkpoint: shutil.rmtree(out_dir / 'checkpoints', ignore_errors=True)   # result.json keeps what the study needs
+    heads = tr.model.heads.cpu().eval()
+    obj = tr.loss_mods['objective'].objective.cpu().eval()
     return heads, obj, hist
 
 # %% ../nbs/13_robust.ipynb #ef3d393c
@@ -368,12 +414,15 @@ class RobustConfig(Config):
 # %% ../nbs/13_robust.ipynb #007ee1dd
 DATA_KEYS = ('n_classes', 'clips_per_class', 'probe_clips_per_class', 'data_seed', 'variation', 'context_strength', 'size', 'n_windows', 'window_s')
 FEATURES_VERSION = 2   # bump when clip_features changes: cached features are then rebuilt
+STUDY_VERSION = 3      # bump when training changes: stored runs are then redone (3: notebook 07's Trainer)
 
 def _dataset(path: Path, fp: str, cfg: RobustConfig, **synth) -> dict:
     "Make, cache and featurise one synthetic set, reusing it only when its fingerprint matches."
     stamp, feats_path = path / 'fingerprint.txt', path / 'features.pt'
     if stamp.exists() and stamp.read_text() == fp and feats_path.exists():
-        return torch.load(feats_path, weights_only=False)
+        feats = torch.load(feats_path, weights_only=False)
+        feats['cache_dir'] = str(path / 'cache')          # where the Trainer reads the raw clips (the folder may have moved)
+        return feats
     man = make_synthetic(path / 'data', progress=False, overwrite=True, size=cfg.size, variation=cfg.variation,
                          context_strength=cfg.context_strength, **synth)
     if (path / 'cache').exists():
@@ -407,17 +456,16 @@ def prepare_robust_data(cfg: RobustConfig) -> dict:
 def run_robust_one(cfg: RobustConfig, data: dict, objective: str, fraction: float, seed: int) -> dict:
     "Pretrain one (objective, off-screen fraction, seed), measure detection and soft-target mass, probe both encoders; cached in result.json."
     run_dir = Path(cfg.out_dir) / 'runs' / f"{objective.lower().replace(' + ', '+').replace(' ', '-')}_off{fraction:g}_s{seed}"
-    fp = cfg.fingerprint(objective, fraction, seed)
+    fp = cfg.fingerprint(STUDY_VERSION, objective, fraction, seed)
     done = run_dir / 'result.json'
     if done.exists():
         res = json.loads(done.read_text())
         if res.get('fingerprint') == fp: return res
     t0 = time.perf_counter()
     feats = data[fraction]
-    heads, obj, hist = pretrain_heads(feats, objective, cfg, seed)
+    heads, obj, hist = pretrain_heads(feats, objective, cfg, seed, out_dir=run_dir / 'train')
     t_train = time.perf_counter() - t0
-    train_idx = np.flatnonzero(feats['splits'] == 'train')
-    off = feats['offscreen'][train_idx]
+    off = feats['offscreen']                                  # the records index the bank by cache position
     aucs = _epoch_auc(obj.records, off)
     last = [r for r in obj.records if r['epoch'] == cfg.epochs - 1]
     res = dict(objective=objective, offscreen=float(fraction), seed=int(seed), fingerprint=fp, steps=len(hist),
@@ -517,7 +565,7 @@ def soft_mass_table(results: pd.DataFrame) -> pd.DataFrame:
         m, lo, hi = _ci(np.asarray(a) - np.asarray(b))
         rows.append(dict(objective=o, offscreen=f"{f:g}", what=kind, same_class=f"{a.mean():.3f}", chance=f"{b.mean():.3f}",
                          excess=f"{m:+.3f} [{lo:+.3f}, {hi:+.3f}]"))
-    d = pd.DataFrame(rows)
+    d = pd.DataFrame(rows, columns=['objective', 'offscreen', 'what', 'same_class', 'chance', 'excess'])   # none: an empty table
     d['order'] = [list(OBJECTIVES).index(o) for o in d.objective]
     return d.sort_values(['order', 'offscreen']).drop(columns='order').set_index('objective')
 
@@ -622,7 +670,8 @@ def run_robust(cfg: RobustConfig) -> pd.DataFrame:
     res[['objective', 'offscreen', 'seed', 'auc_by_epoch', 'last_w', 'last_off']].to_json(out / 'weights.json', orient='records')
     secs = time.perf_counter() - t0
     load1 = os.getloadavg()[0] if hasattr(os, 'getloadavg') else float('nan')
-    timing = dict(seconds=secs, data_seconds=t_data, runs=len(jobs), cpus=os.cpu_count(), load_start=load0, load_end=load1)
+    timing = dict(seconds=secs, data_seconds=t_data, runs=len(jobs), cpus=os.cpu_count(), load_start=load0, load_end=load1,
+                  study_version=STUDY_VERSION)
     (out / 'timing.json').write_text(json.dumps(timing, indent=1))
     write_report(cfg, full, timing)
     fig = plot_weight_distributions(res); fig.savefig(out / 'weights.png', dpi=70, bbox_inches='tight'); plt.close(fig)

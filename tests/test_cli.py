@@ -67,3 +67,19 @@ def test_replicate_tiny(work):
     res = pd.read_csv(work / "rep" / "results.csv")
     assert len(res) == 4 and set(res.variant) == {"Random", "Soft-positive"}
     assert (work / "rep" / "figure.png").exists()
+
+
+def test_replicate_robust_tiny(work):
+    "avc_replicate --study robust: notebook 13's study on a tiny configuration, through the Trainer, tables printed."
+    out = run("avc_replicate", "--study", "robust", "--out", work / "robust", "--variants", "InfoNCE", "Weighted", "--seeds", 2,
+              "--epochs", 2, "--set", "n_classes=3", "--set", "clips_per_class=8", "--set", "probe_clips_per_class=6",
+              "--set", "batch_size=8", "--set", "fractions=[0.5]", "--set", "hidden=16", "--set", "proj_dim=8",
+              "--set", "probe_epochs=3", "--set", "progress=false", "--set", "workers=0")
+    assert "Claim checks" in out.stdout and "avc_replicate --study robust:" in out.stdout
+    res = pd.read_csv(work / "robust" / "results.csv")
+    runs = res[res.objective != "Inputs (no pretraining)"]
+    assert len(runs) == 4 and set(runs.objective) == {"InfoNCE", "Weighted"} and (runs.steps == 2 * 3).all()
+    assert (work / "robust" / "runs" / "weighted_off0.5_s1" / "train" / "log.csv").exists()   # trained by the Trainer
+    assert (work / "robust" / "robust.yaml").exists()
+    out = run("avc_replicate", "--study", "robust", "--sizes", 8, ok=False)
+    assert out.returncode == 1 and "--sizes" in out.stderr
