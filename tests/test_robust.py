@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from avc_nb.core import ConfigError
-from avc_nb.robust import (OBJECTIVES, RobustConfig, RobustObjective, claim_checks, clip_features, roc_auc,
+from avc_nb.robust import (OBJECTIVES, STUDY_VERSION, RobustConfig, RobustObjective, claim_checks, clip_features, roc_auc,
                            run_robust)
 
 
@@ -41,7 +41,11 @@ def test_outputs(study):
     table = (pd.io.common.Path(out) / 'tables.md').read_text()
     assert 'Claim checks' in table and 'AVID+CMA' in table and 'Published' in table
     t = json.loads((pd.io.common.Path(out) / 'timing.json').read_text())
-    assert t['runs'] == 12 and t['seconds'] > 0
+    assert t['runs'] == 12 and t['seconds'] > 0 and t['study_version'] == STUDY_VERSION
+    # every run trained through notebook 07's Trainer: its log in the run folder, epochs x (24 clips // 8) steps
+    log = pd.read_csv(pd.io.common.Path(out) / 'runs' / 'avid+cma_off0.5_s1' / 'train' / 'log.csv')
+    assert log.step.tolist() == list(range(1, 4 * 3 + 1)) and (runs.steps == 4 * 3).all()
+    assert not (pd.io.common.Path(out) / 'runs' / 'avid+cma_off0.5_s1' / 'train' / 'checkpoints').exists()
 
 
 def test_results_reused_and_stale_recomputed(study, tmp_path):
