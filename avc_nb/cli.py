@@ -205,7 +205,7 @@ def _quick_help() -> str:
             f"{q.epochs} epochs, crop {q.crop}, {'with' if q.finetune else 'no'} fine-tuning; "
             + (f"then the held-out check: {' and '.join(q.heldout_variants)} on new data (data seed "
                f"{q.heldout_data_seed}, {q.heldout_classes} classes) at that size" if q.heldout else 'no held-out check')
-            + f"; with --study robust: {_robust_quick_help()}")
+            + f"; with --study robust: {_robust_quick_help()}; with --study scenes: {_scenes_quick_help()}")
 
 def _robust_quick_help() -> str:
     "What `--study robust --quick` runs, read from RobustConfig.quick()."
@@ -214,16 +214,25 @@ def _robust_quick_help() -> str:
     return (f"RobustConfig.quick(): {len(q.objectives)} objectives x off-screen fractions {q.fractions} x {len(q.seeds)} seeds, "
             f"{q.clips_per_class} clips per class, {q.epochs} epochs")
 
+def _scenes_quick_help() -> str:
+    "What `--study scenes --quick` runs, read from SceneStudyConfig.quick()."
+    from avc_nb.scene_study import SceneStudyConfig
+    q = SceneStudyConfig.quick()
+    return (f"SceneStudyConfig.quick(): 6 conditions (1, 2 and 3 sources; simple-first, shuffled, complex-first) x "
+            f"{len(q.seeds)} seeds x {q.steps} steps, {q.clips_per_class} clips per class")
+
 def _replicate_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog='avc_replicate', description=(
         "Replicate the soft-positive study (notebook 11) on the built-in synthetic data: every sampling variant "
         "x dataset sizes x seeds, audio linear/kNN probes in- and out-of-domain, a results table with mean ± std, "
         "the published table beside it, and a figure. With --study robust: notebook 13's robust-xID study "
-        "(objectives x off-screen fractions x seeds, detection, soft-target mass, probes, claim checks). "
+        "(objectives x off-screen fractions x seeds, detection, soft-target mass, probes, claim checks); with --study "
+        "scenes: notebook 16's scene-analysis study. "
         "Finished runs in --out are reused."),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument('--study', choices=['soft-positive', 'robust'], default='soft-positive',
-                   help="soft-positive: notebook 11; robust: notebook 13 (robust xID + AVID-CMA, off-screen faults)")
+    p.add_argument('--study', choices=['soft-positive', 'robust', 'scenes'], default='soft-positive',
+                   help="soft-positive: notebook 11; robust: notebook 13 (robust xID + AVID-CMA, off-screen faults); "
+                        "scenes: notebook 16 (heterogeneous scenes: complexity, curriculum, localization)")
     p.add_argument('--quick', action='store_true', help=_quick_help())
     p.add_argument('--seeds', type=int, help='number of seeds (0..N-1)')
     p.add_argument('--variants', nargs='+', help='variants to run, by their table names (quote names with spaces); '
@@ -242,7 +251,7 @@ def _replicate_parser() -> argparse.ArgumentParser:
 def avc_replicate_cli(argv=None):
     "Entry point of `avc_replicate`."
     a = _replicate_parser().parse_args(argv)
-    if a.study == 'robust': return _robust_cli(a)
+    if a.study != 'soft-positive': return _study_cli(a)
     from avc_nb.replicate import ReplicateConfig, replicate
     base = ReplicateConfig.from_yaml(a.config) if a.config else (ReplicateConfig.quick() if a.quick else ReplicateConfig())
     d = base.to_dict()
@@ -261,25 +270,32 @@ def avc_replicate_cli(argv=None):
     print(Path(cfg.out_dir, 'table.md').read_text())
     print(f"avc_replicate: {time.perf_counter() - t0:.0f} s; results in {cfg.out_dir}/ (results.csv, table.md, figure.png)")
 
-def _robust_cli(a):
-    "`avc_replicate --study robust`: notebook 13's `run_robust` with a RobustConfig from --config, --quick or the defaults, and the options."
-    from avc_nb.robust import RobustConfig, run_robust
-    wrong = [o for o, v in (('--sizes', a.sizes), ('--preset', a.preset)) if v]
-    if wrong: raise AvcError(f"{', '.join(wrong)}: options of the soft-positive study; the robust study sets its data size "
-                             "with --set clips_per_class=N and uses its own small encoders")
-    base = RobustConfig.from_yaml(a.config) if a.config else (RobustConfig.quick() if a.quick else RobustConfig())
+def _study_cli(a):
+    "`avc_replicate --study robust|scenes`: notebook 13's `run_robust` or notebook 16's `run_scene_study`, with a config from --config, --quick or the defaults, and the options that apply."
+    import time
+    if a.study == 'robust':
+        from avc_nb.robust import RobustConfig as C, run_robust as run
+        report = lambda cfg, result: Path(cfg.out_dir, 'tables.md').read_text()
+        files, not_here = 'results.csv, tables.md, weights.png, detection.png', dict(sizes=a.sizes, preset=a.preset)
+        how = "the robust study sets its data size with --set clips_per_class=N and uses its own small encoders"
+    else:
+        from avc_nb.scene_study import SceneStudyConfig as C, run_scene_study as run, write_scene_report
+        report = lambda cfg, result: write_scene_report(result, cfg.out_dir)
+        files, not_here = 'study.json, table.md, figure.png, runs/', dict(sizes=a.sizes, preset=a.preset, variants=a.variants, epochs=a.epochs)
+        how = "the scene study is changed with --set KEY=VALUE (SceneStudyConfig fields: steps, clips_per_class, preset, max_distractors, ...)"
+    wrong = [f'--{o}' for o, v in not_here.items() if v]
+    if wrong: raise AvcError(f"{', '.join(wrong)}: options of the soft-positive study; {how}")
+    base = C.from_yaml(a.config) if a.config else (C.quick() if a.quick else C())
     d = base.to_dict()
     if a.out: d['out_dir'] = a.out
-    elif not a.config: d['out_dir'] = 'runs/robust-quick' if a.quick else 'runs/robust'
+    elif not a.config: d['out_dir'] = f"runs/{a.study}-quick" if a.quick else f"runs/{a.study}"
     if a.seeds: d['seeds'] = list(range(a.seeds))
     if a.variants: d['objectives'] = a.variants
     if a.epochs: d['epochs'] = a.epochs
-    cfg = RobustConfig.from_dict(apply_overrides(d, a.set, RobustConfig))
+    cfg = C.from_dict(apply_overrides(d, a.set, C))
     ensure_writable_dir(cfg.out_dir, 'output folder')
-    import time
     t0 = time.perf_counter()
-    run_robust(cfg)
-    print(Path(cfg.out_dir, 'tables.md').read_text())
-    print(f"avc_replicate --study robust: {time.perf_counter() - t0:.0f} s; results in {cfg.out_dir}/ "
-          "(results.csv, tables.md, weights.png, detection.png)")
+    result = run(cfg)
+    print(report(cfg, result))
+    print(f"avc_replicate --study {a.study}: {time.perf_counter() - t0:.0f} s; results in {cfg.out_dir}/ ({files})")
 

@@ -1,4 +1,5 @@
 """The commands as a user runs them, each in its own process, on a tiny synthetic set."""
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -83,3 +84,15 @@ def test_replicate_robust_tiny(work):
     assert (work / "robust" / "robust.yaml").exists()
     out = run("avc_replicate", "--study", "robust", "--sizes", 8, ok=False)
     assert out.returncode == 1 and "--sizes" in out.stderr
+
+
+def test_replicate_scenes_tiny(work):
+    "avc_replicate --study scenes: notebook 16's study on a tiny configuration, report written, options that do not apply refused."
+    out = run("avc_replicate", "--study", "scenes", "--out", work / "scenes", "--seeds", 2, "--set", "steps=2",
+              "--set", "clips_per_class=12", "--set", "eval_every=1", "--set", "n_classes=3")
+    assert "avc_replicate --study scenes:" in out.stdout
+    study = json.loads((work / "scenes" / "study.json").read_text())
+    assert study["config"]["steps"] == 2 and study["config"]["seeds"] == [0, 1]
+    assert (work / "scenes" / "table.md").exists() and (work / "scenes" / "figure.png").exists()
+    out = run("avc_replicate", "--study", "scenes", "--epochs", 3, ok=False)
+    assert out.returncode == 1 and "--epochs" in out.stderr and "Traceback" not in out.stderr
