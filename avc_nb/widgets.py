@@ -361,12 +361,7 @@ class TrainingMonitor:
         if getattr(self, '_box', None) is None:
             self._box = W.VBox([self.progress, self.status, self.image]); self._box.add_class('avc-trainingmonitor')
         return self._box
-    def _repr_mimebundle_(self, **kwargs):
-        data = self.widget._repr_mimebundle_(**kwargs)
-        data = data[0] if isinstance(data, tuple) else dict(data)
-        if self.fig is not None: data['image/jpeg'] = _still(self.fig, self.dpi)
-        data['text/plain'] = repr(self)
-        return data
+    _repr_mimebundle_ = View._repr_mimebundle_   # the live widget plus a still of the figure, as every view
     def __repr__(self): return f"TrainingMonitor({len(self.steps)} of {self.total} steps recorded)"
 
 # %% ../nbs/14_widgets.ipynb #w34
