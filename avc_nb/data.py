@@ -831,6 +831,21 @@ class ClipCache:
     @property
     def nbytes(self) -> int: return len(self) * self.spec.bytes_per_clip
 
+    def start_grid(self, n_frames: int, audio_samples: int, audio_offset: float = 0.0) -> np.ndarray:
+        "Every start a drawn window can have, as grid positions: frames when there is video, samples for audio-only caches."
+        lo, hi = self.window_starts(n_frames, audio_samples, audio_offset)
+        rate = self.spec.fps if self.spec.video else self.spec.sample_rate
+        return np.arange(math.ceil(lo * rate - 1e-6), math.floor(hi * rate + 1e-6) + 1)
+
+    def draw_starts(self, n: int, n_frames: int, audio_samples: int, audio_offset: float, generator: np.random.Generator) -> np.ndarray:
+        "`n` random window starts (grid positions, uniform over `start_grid`): the draw `batch` makes, for anything that must draw the same windows."
+        # on the frame grid when there is video, on the sample grid for audio-only caches; drawn starts keep
+        # the whole audio window (its lead before the video included) inside the clip
+        grid = self.start_grid(n_frames, audio_samples, audio_offset)
+        if len(grid) == 0:
+            raise ValueError(f"{self.dir}: no {'frame' if self.spec.video else 'sample'} lies in the window starts' range {self.window_starts(n_frames, audio_samples, audio_offset)} s")
+        return generator.integers(grid[0], grid[-1] + 1, size=n)
+
     def batch(self, indices, video_indices=None, n_frames: int | None = None, audio_samples: int | None = None,
               audio_offset: float = 0.0, starts=None, generator: np.random.Generator | None = None) -> dict:
         "Stacked uint8 frames (B,T,S,S,3), int16 audio (B,N), labels and start times for a batch of clips."
@@ -842,13 +857,7 @@ class ClipCache:
         N = s.n_samples if audio_samples is None else int(audio_samples)
         if T > s.n_frames or N > s.n_samples:
             raise ValueError(f"window of {T} frames / {N} samples is longer than the cached {s.n_frames} / {s.n_samples}")
-        # window starts: on the frame grid when there is video, on the sample grid for audio-only caches;
-        # drawn starts keep the whole audio window (its lead before the video included) inside the clip
-        if generator is not None and starts is None:
-            lo, hi = self.window_starts(T, N, audio_offset)
-            rate = s.fps if s.video else s.sample_rate
-            g_lo, g_hi = math.ceil(lo * rate - 1e-6), math.floor(hi * rate + 1e-6)
-            drawn = generator.integers(g_lo, g_hi + 1, size=len(idx))
+        if generator is not None and starts is None: drawn = self.draw_starts(len(idx), T, N, audio_offset, generator)
         if s.video:
             if starts is not None: t0 = np.round(np.asarray(starts, dtype=float) * s.fps).astype(np.int64)
             elif generator is not None: t0 = drawn

@@ -34,10 +34,11 @@ from .synthetic import make_synthetic
 # %% auto #0
 __all__ = ['OBJECTIVES', 'DATA_KEYS', 'FEATURES_VERSION', 'STUDY_VERSION', 'PUBLISHED_P2', 'METRICS', 'objective_spec', 'roc_auc',
            'same_class_share', 'RobustObjective', 'TrainerObjective', 'robust_trainer', 'colour_histogram',
-           'window_features', 'clip_features', 'PairHeads', 'FeatureHeads', 'pretrain_heads', 'head_features',
-           'probe_features', 'RobustConfig', 'prepare_robust_data', 'run_robust_one', 'raw_input_probes', 'paired_vs',
-           'paired_table', 'summary_table', 'detection_table', 'soft_mass_table', 'claim_checks',
-           'plot_weight_distributions', 'plot_detection_curves', 'run_robust', 'write_report', 'robust_study']
+           'window_features', 'clip_features', 'PairHeads', 'FeatureHeads', 'FeatureWindows', 'pretrain_heads',
+           'head_features', 'probe_features', 'RobustConfig', 'prepare_robust_data', 'run_robust_one',
+           'raw_input_probes', 'paired_vs', 'paired_table', 'summary_table', 'detection_table', 'soft_mass_table',
+           'claim_checks', 'plot_weight_distributions', 'plot_detection_curves', 'run_robust', 'write_report',
+           'robust_study']
 
 # %% ../nbs/13_robust.ipynb #822c411e
 OBJECTIVES = {
@@ -284,7 +285,8 @@ class FeatureHeads(nn.Module):
         return self.heads.encode(x, modality)
 
     def forward(self, audio: torch.Tensor, frames: torch.Tensor) -> AVEmbeddings:
-        xa, xv = self.features(audio, frames)
+        "Raw windows (B, N) int16 and (B, T, S, S, 3) uint8, or their features (B, D) each as `FeatureWindows` gives them."
+        xa, xv = (audio.float(), frames.float()) if frames.dim() == 2 else self.features(audio, frames)
         h = self.heads
         if self.training:
             if self.input_noise > 0:
@@ -295,9 +297,53 @@ class FeatureHeads(nn.Module):
         fa, fv = h.encode(xa, 'audio'), h.encode(xv, 'video')
         return AVEmbeddings(h.proj_a(fa), h.proj_v(fv), fa, fv)
 
+# %% ../nbs/13_robust.ipynb #rbfw0002
+class FeatureWindows:
+    "A `ClipCache` whose batches hold `window_features` instead of raw windows: every window a draw can give is featurised once, then looked up."
+    def __init__(self, cache: ClipCache, n_frames: int, audio_samples: int, audio_offset: float = 0.0, n_mels: int = 64,
+                 bins: int = 6, motion_bins: int = 8, batch: int = 64):
+        if audio_offset != 0.0: raise ValueError(f"FeatureWindows: the study's windows keep audio and video in sync (audio_offset 0), got {audio_offset}")
+        if not cache.spec.video: raise ValueError(f"{cache.dir}: FeatureWindows needs video in the cache")
+        self.cache, self.n_frames, self.audio_samples = cache, int(n_frames), int(audio_samples)
+        self.grid = cache.start_grid(self.n_frames, self.audio_samples, 0.0)      # frame positions a draw can give
+        sp, logmel = cache.spec, LogMel(sample_rate=cache.spec.sample_rate, n_mels=n_mels)
+        A, V = [], []
+        with torch.no_grad():
+            for s0 in range(0, len(cache), batch):
+                b = cache.batch(np.arange(s0, min(s0 + batch, len(cache))))     # whole clips
+                audio, frames = torch.from_numpy(b['audio']), torch.from_numpy(b['frames'])
+                fa, fv = [], []
+                for t in self.grid:      # audio starts where its video window starts (batch's rule with offset 0)
+                    a0 = int(round(t / sp.fps * sp.sample_rate))
+                    xa, xv = window_features(audio[:, a0:a0 + self.audio_samples], frames[:, t:t + self.n_frames], logmel, bins, motion_bins)
+                    fa.append(xa); fv.append(xv)
+                A.append(torch.stack(fa, 1)); V.append(torch.stack(fv, 1))
+        self.audio_table, self.video_table = torch.cat(A).float(), torch.cat(V).float()   # (N clips, starts, D)
+
+    def __len__(self): return len(self.cache)
+    def __getattr__(self, name):   # labels, classes, splits, spec, dir, manifest, indices: the cache's own
+        if name == 'cache': raise AttributeError(name)
+        return getattr(self.cache, name)
+
+    def batch(self, indices, video_indices=None, n_frames: int | None = None, audio_samples: int | None = None,
+              audio_offset: float = 0.0, starts=None, generator: np.random.Generator | None = None) -> dict:
+        "As `ClipCache.batch`, with the same window draw, but 'audio' (B, D_audio) and 'frames' (B, D_video) are the windows' features."
+        if (n_frames, audio_samples, audio_offset) != (self.n_frames, self.audio_samples, 0.0):
+            raise ValueError(f"FeatureWindows holds windows of {self.n_frames} frames / {self.audio_samples} samples at offset 0; "
+                             f"asked for {n_frames} / {audio_samples} at {audio_offset}")
+        idx = np.asarray(indices, dtype=np.int64)
+        vidx = idx if video_indices is None else np.asarray(video_indices, dtype=np.int64)
+        sp = self.cache.spec
+        if starts is not None: t0 = np.clip(np.round(np.asarray(starts, dtype=float) * sp.fps).astype(np.int64), self.grid[0], self.grid[-1])
+        elif generator is not None: t0 = self.cache.draw_starts(len(idx), self.n_frames, self.audio_samples, 0.0, generator)
+        else: t0 = np.full(len(idx), self.grid[0])
+        k = t0 - self.grid[0]
+        return dict(label=self.cache.labels[idx], index=idx, video_index=vidx, start=t0 / sp.fps,
+                    audio=self.audio_table[idx, k].numpy(), frames=self.video_table[vidx, k].numpy())
+
 # %% ../nbs/13_robust.ipynb #97d3335c
 def pretrain_heads(feats: dict, objective_name: str, cfg: 'RobustConfig', seed: int, cache: ClipCache | None = None,
-                   out_dir=None, keep_checkpoint: bool = False) -> tuple[PairHeads, RobustObjective, list]:
+                   out_dir=None, keep_checkpoint: bool = False, precomputed: bool = True) -> tuple[PairHeads, RobustObjective, list]:
     "Train `FeatureHeads` on the train clips of `feats`'s cache with one objective through notebook 07's `Trainer`; returns its `PairHeads`, the objective (with its records) and the step history."
     from avc_nb.train import TrainConfig
     if cache is None:
@@ -317,7 +363,12 @@ def pretrain_heads(feats: dict, objective_name: str, cfg: 'RobustConfig', seed: 
                      crop=0, resize=0, flip=False, proj_dim=cfg.proj_dim, tau=cfg.tau, lam=cfg.lam, w_kappa=cfg.w_kappa,
                      w_min=cfg.w_min, w_momentum=cfg.w_momentum, bank_negatives=cfg.bank_negatives, lr=cfg.lr,
                      weight_decay=cfg.weight_decay, epochs=cfg.epochs, progress=False)
-    tr = robust_trainer(tc, objective_name, cache=cache, model=model, subset=idx, pos_k=cfg.pos_k,
+    # every window featurised once per data set (kept in `feats` for the other runs on it), looked up per batch
+    # (precomputed=False reads raw windows and featurises each batch: the same training, 5 to 10 times slower on a CPU)
+    key = ('_windows', tc.n_frames, int(round(cfg.window_s * sp.sample_rate)), model.logmel.n_mels, model.bins, model.motion_bins, str(cache.dir))
+    if precomputed and key not in feats:
+        feats[key] = FeatureWindows(cache, tc.n_frames, key[2], n_mels=key[3], bins=key[4], motion_bins=key[5])
+    tr = robust_trainer(tc, objective_name, cache=feats[key] if precomputed else cache, model=model, subset=idx, pos_k=cfg.pos_k,
                         n_negatives_within=cfg.n_negatives_within, cma_start=int(round(cfg.cma_start * cfg.epochs)),
                         refresh_every=cfg.refresh_every)
     hist = tr.fit(resume=False)
@@ -400,7 +451,7 @@ class RobustConfig(Config):
 
     @classmethod
     def quick(cls, **overrides) -> 'RobustConfig':
-        "Every objective x 3 off-screen fractions x 3 seeds on a smaller budget: 99 runs of 120 steps, about 22 s each on one shared CPU core."
+        "Every objective x 3 off-screen fractions x 3 seeds on a smaller budget: 99 runs of 120 steps, about 2 s each: 5 minutes with the data on a shared 2-core machine."
         base = dict(seeds=[0, 1, 2], clips_per_class=40, probe_clips_per_class=24, probe_epochs=60)
         return cls(**{**base, **overrides})
 

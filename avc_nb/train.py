@@ -212,6 +212,7 @@ class BatchStream:
 def augment_frames(frames: torch.Tensor, crop: int = 0, flip: bool = True, generator: torch.Generator | None = None,
                    resize: int = 0) -> torch.Tensor:
     "Random `crop` x `crop` crop (0: none), bilinear resize to `resize` x `resize` (0: none) and horizontal flip per clip of frames (B, T, H, W, C), on their device."
+    if not (crop or resize or flip): return frames   # nothing asked: any input passes unchanged (e.g. precomputed features)
     B, T, H, W, C = frames.shape
     dev = frames.device
     if crop and crop < min(H, W):
