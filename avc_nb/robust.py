@@ -34,8 +34,8 @@ from .synthetic import make_synthetic
 # %% auto #0
 __all__ = ['OBJECTIVES', 'DATA_KEYS', 'FEATURES_VERSION', 'STUDY_VERSION', 'PUBLISHED_P2', 'METRICS', 'objective_spec', 'roc_auc',
            'same_class_share', 'RobustObjective', 'TrainerObjective', 'robust_trainer', 'colour_histogram',
-           'window_features', 'clip_features', 'PairHeads', 'FeatureHeads', 'FeatureWindows', 'pretrain_heads',
-           'head_features', 'probe_features', 'RobustConfig', 'prepare_robust_data', 'run_robust_one',
+           'window_features', 'window_table', 'clip_features', 'PairHeads', 'FeatureHeads', 'FeatureWindows',
+           'pretrain_heads', 'head_features', 'probe_features', 'RobustConfig', 'prepare_robust_data', 'run_robust_one',
            'raw_input_probes', 'paired_vs', 'paired_table', 'summary_table', 'detection_table', 'soft_mass_table',
            'claim_checks', 'plot_weight_distributions', 'plot_detection_curves', 'run_robust', 'write_report',
            'robust_study']
@@ -208,6 +208,23 @@ def window_features(audio: torch.Tensor, frames: torch.Tensor, logmel: LogMel, b
     return fa, torch.cat([colour_histogram(x, bins).sqrt(), mot.sqrt()], 1)
 
 @torch.no_grad()
+def window_table(cache: ClipCache, starts, n_frames: int, audio_samples: int, n_mels: int = 64, bins: int = 6,
+                 motion_bins: int = 8, batch: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    "`window_features` of every clip's window at each of `starts` (seconds; audio and video start together): audio (N, K, D_audio), video (N, K, D_video)."
+    sp, logmel = cache.spec, LogMel(sample_rate=cache.spec.sample_rate, n_mels=n_mels)
+    A, V = [], []
+    for s0 in range(0, len(cache), batch):
+        b = cache.batch(np.arange(s0, min(s0 + batch, len(cache))))                 # whole clips
+        audio, frames = torch.from_numpy(b['audio']), torch.from_numpy(b['frames'])   # (B, N) int16, (B, T, S, S, 3) uint8
+        fa, fv = [], []
+        for t in starts:
+            a0, f0 = int(round(t * sp.sample_rate)), int(round(t * sp.fps))
+            xa, xv = window_features(audio[:, a0:a0 + audio_samples], frames[:, f0:f0 + n_frames], logmel, bins, motion_bins)
+            fa.append(xa); fv.append(xv)
+        A.append(torch.stack(fa, 1)); V.append(torch.stack(fv, 1))
+    return torch.cat(A), torch.cat(V)
+
+@torch.no_grad()
 def clip_features(cache: ClipCache, n_windows: int = 3, window_s: float = 1.0, n_mels: int = 64, bins: int = 6,
                   motion_bins: int = 8, batch: int = 64) -> dict:
     "Fixed per-window inputs of every clip, (N, K, D), by `window_features`: audio log-mel band means and stds; video sqrt colour and motion histograms."
@@ -217,20 +234,10 @@ def clip_features(cache: ClipCache, n_windows: int = 3, window_s: float = 1.0, n
     if win_a > sp.n_samples or win_v > sp.n_frames:
         raise ValueError(f"window of {window_s} s is longer than the cached clips ({sp.seconds} s)")
     starts = np.linspace(0, sp.seconds - window_s, n_windows) if n_windows > 1 else np.zeros(1)
-    logmel = LogMel(sample_rate=sp.sample_rate, n_mels=n_mels)
-    A, V = [], []
-    for s0 in range(0, len(cache), batch):
-        b = cache.batch(np.arange(s0, min(s0 + batch, len(cache))))
-        audio, frames = torch.from_numpy(b['audio']), torch.from_numpy(b['frames'])   # (B, N) int16, (B, T, S, S, 3) uint8
-        fa, fv = [], []
-        for t in starts:
-            a0, f0 = int(round(t * sp.sample_rate)), int(round(t * sp.fps))
-            xa, xv = window_features(audio[:, a0:a0 + win_a], frames[:, f0:f0 + win_v], logmel, bins, motion_bins)
-            fa.append(xa); fv.append(xv)
-        A.append(torch.stack(fa, 1)); V.append(torch.stack(fv, 1))
+    A, V = window_table(cache, starts, win_v, win_a, n_mels, bins, motion_bins, batch)
     df = cache.manifest.df
     off = df['offscreen'].astype(str).str.lower().isin(['true', '1']).to_numpy() if 'offscreen' in df else np.zeros(len(cache), bool)
-    return dict(audio=torch.cat(A), video=torch.cat(V), labels=torch.as_tensor(cache.labels).long(), offscreen=off,
+    return dict(audio=A, video=V, labels=torch.as_tensor(cache.labels).long(), offscreen=off,
                 splits=np.asarray(cache.splits).astype(str), classes=list(cache.classes), cache_dir=str(cache.dir),
                 n_mels=n_mels, bins=bins, motion_bins=motion_bins, window_s=window_s)
 
@@ -306,19 +313,8 @@ class FeatureWindows:
         if not cache.spec.video: raise ValueError(f"{cache.dir}: FeatureWindows needs video in the cache")
         self.cache, self.n_frames, self.audio_samples = cache, int(n_frames), int(audio_samples)
         self.grid = cache.start_grid(self.n_frames, self.audio_samples, 0.0)      # frame positions a draw can give
-        sp, logmel = cache.spec, LogMel(sample_rate=cache.spec.sample_rate, n_mels=n_mels)
-        A, V = [], []
-        with torch.no_grad():
-            for s0 in range(0, len(cache), batch):
-                b = cache.batch(np.arange(s0, min(s0 + batch, len(cache))))     # whole clips
-                audio, frames = torch.from_numpy(b['audio']), torch.from_numpy(b['frames'])
-                fa, fv = [], []
-                for t in self.grid:      # audio starts where its video window starts (batch's rule with offset 0)
-                    a0 = int(round(t / sp.fps * sp.sample_rate))
-                    xa, xv = window_features(audio[:, a0:a0 + self.audio_samples], frames[:, t:t + self.n_frames], logmel, bins, motion_bins)
-                    fa.append(xa); fv.append(xv)
-                A.append(torch.stack(fa, 1)); V.append(torch.stack(fv, 1))
-        self.audio_table, self.video_table = torch.cat(A).float(), torch.cat(V).float()   # (N clips, starts, D)
+        A, V = window_table(cache, self.grid / cache.spec.fps, self.n_frames, self.audio_samples, n_mels, bins, motion_bins, batch)
+        self.audio_table, self.video_table = A.float(), V.float()   # (N clips, starts, D)
 
     def __len__(self): return len(self.cache)
     def __getattr__(self, name):   # labels, classes, splits, spec, dir, manifest, indices: the cache's own
