@@ -7,15 +7,22 @@ from __future__ import annotations
 
 import math
 import warnings
+from pathlib import Path
+from typing import NamedTuple, Sequence
 
 import numpy as np
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
+
+from .scenes import SCENE_PRESETS, SpatialResNet
 
 # %% auto #0
 __all__ = ['AUC_THRESHOLDS', 'boxes_mask', 'sounding_mask', 'resize_map', 'binarize', 'ciou', 'success_rate', 'localization_auc',
-           'centre_prior', 'random_map', 'localization_map', 'mix_sources', 'stft', 'istft', 'ideal_masks',
-           'apply_masks', 'separation_metrics']
+           'centre_prior', 'random_map', 'localization_map', 'av_similarity_map', 'mix_sources', 'stft', 'istft',
+           'ideal_masks', 'apply_masks', 'separation_metrics', 'log_frequency_matrix', 'AudioUNet', 'SeparatorOutput',
+           'mix_partner', 'SeparatorModel', 'MixSeparateObjective', 'train_separator', 'separate', 'separation_pairs',
+           'evaluate_separation', 'separation_table']
 
 # %% ../nbs/10_localize_separate.ipynb #5141752b
 def boxes_mask(boxes, height: int, width: int) -> np.ndarray:
@@ -94,6 +101,33 @@ def localization_map(out, audio_cluster: int = 0) -> torch.Tensor:
     a = out.visual_assign[torch.arange(len(k), device=k.device), k]
     return a.reshape(-1, *out.visual_shape)
 
+# %% ../nbs/10_localize_separate.ipynb #137a93d9
+@torch.no_grad()
+def av_similarity_map(model, audio, frames, head: bool | None = None, resize: int = 0) -> torch.Tensor:
+    "Cosine similarity (B, h, w) between each clip's audio embedding and every position of the video encoder's last map (`conv5x`, averaged over time), each position through the video head (`head`: None = when there is one)."
+    from avc_nb.train import augment_frames
+    was = model.training
+    model.eval()
+    try:
+        dev = model.video_mean.device
+        audio, frames = torch.as_tensor(np.asarray(audio)).to(dev), torch.as_tensor(np.asarray(frames)).to(dev)
+        if audio.ndim == 1: audio = audio[None]
+        if frames.ndim == 4: frames = frames[None]
+        if resize: frames = augment_frames(frames, crop=0, flip=False, resize=resize)
+        fmap = model.video.feature_maps(model.video_input(frames))['conv5x'].float().mean(2)   # (B, C, h, w)
+        B, C, h, w = fmap.shape
+        if head is None: head = not isinstance(model.video_head, nn.Identity)
+        vec = fmap.permute(0, 2, 3, 1).reshape(B * h * w, C)          # every position a vector, row-major
+        vec = model.video_head(vec) if head else vec
+        a = model.encode_audio(audio, head=head).float()
+        if a.shape[-1] != vec.shape[-1]:
+            raise ValueError(f"av_similarity_map: the audio gives {a.shape[-1]}-d vectors and each video position {vec.shape[-1]}-d; "
+                             "compare them after the heads (head=True)")
+        v = F.normalize(vec.float(), dim=-1).reshape(B, h * w, -1)
+        return torch.einsum('bnd,bd->bn', v, F.normalize(a, dim=-1)).reshape(B, h, w).cpu()
+    finally:
+        model.train(was)
+
 # %% ../nbs/10_localize_separate.ipynb #ece13d84
 def mix_sources(sources) -> tuple[np.ndarray, np.ndarray]:
     "Sound of Pixels mixing: each of the N sources (N, L) divided by N; returns (mixture (L,), scaled sources (N, L))."
@@ -123,8 +157,8 @@ def apply_masks(masks: torch.Tensor, mixture, n_fft: int = 1022, hop: int = 256)
     X = stft(mixture, n_fft, hop)
     return istft(masks * X.abs() * torch.exp(1j * X.angle()), len(np.asarray(mixture)), n_fft, hop)
 
-def separation_metrics(refs, ests, silence: float = 1e-5) -> dict:
-    "Mean SDR / SIR / SAR (dB) over samples of references and estimates (each (N, L)) by mir_eval's bss_eval_sources without permutation search; samples with a silent reference or estimate (sum |x| <= `silence`) are skipped and counted."
+def separation_metrics(refs, ests, silence: float = 1e-5, per_sample: bool = False) -> dict:
+    "Mean SDR / SIR / SAR (dB) over samples of references and estimates (each (N, L)) by mir_eval's bss_eval_sources without permutation search; samples with a silent reference or estimate (sum |x| <= `silence`) are skipped and counted. `per_sample`: also the value of every sample (NaN where skipped)."
     import mir_eval
     rows, skipped = [], 0
     if len(refs) != len(ests): raise ValueError(f"separation_metrics: {len(refs)} reference samples but {len(ests)} estimates")
@@ -133,11 +167,235 @@ def separation_metrics(refs, ests, silence: float = 1e-5) -> dict:
         if r.shape != e.shape or r.ndim != 2:
             raise ValueError(f"separation_metrics: each sample needs references and estimates of the same shape (N, L), got {r.shape} and {e.shape}")
         if (np.abs(r).sum(-1) <= silence).any() or (np.abs(e).sum(-1) <= silence).any():
-            skipped += 1; continue
+            skipped += 1; rows.append((np.nan,) * 3); continue
         with warnings.catch_warnings():   # mir_eval 0.8 marks bss_eval_sources deprecated; it is still the protocol's metric
             warnings.simplefilter('ignore', FutureWarning)
             sdr, sir, sar, _ = mir_eval.separation.bss_eval_sources(r, e, compute_permutation=False)
         rows.append((sdr.mean(), sir.mean(), sar.mean()))
-    m = np.array(rows).reshape(-1, 3)
-    mean = m.mean(0) if len(m) else np.full(3, np.nan)
-    return dict(sdr=float(mean[0]), sir=float(mean[1]), sar=float(mean[2]), n=len(m), skipped=skipped)
+    m = np.array(rows, dtype=np.float64).reshape(-1, 3)
+    ok = ~np.isnan(m[:, 0])
+    mean = m[ok].mean(0) if ok.any() else np.full(3, np.nan)
+    out = dict(sdr=float(mean[0]), sir=float(mean[1]), sar=float(mean[2]), n=int(ok.sum()), skipped=skipped)
+    if per_sample: out['per_sample'] = dict(sdr=m[:, 0], sir=m[:, 1], sar=m[:, 2])
+    return out
+
+# %% ../nbs/10_localize_separate.ipynb #30c99636
+def log_frequency_matrix(n_linear: int, n_log: int, base: float = 21.0, inverse: bool = False) -> torch.Tensor:
+    "Linear-interpolation matrix (n_log, n_linear) that resamples STFT bins onto `n_log` log-spaced bins; `inverse=True`: (n_linear, n_log), back."
+    if n_linear < 2 or n_log < 2 or not base > 1:
+        raise ValueError(f"log_frequency_matrix: need n_linear >= 2, n_log >= 2 and base > 1, got {n_linear}, {n_log}, {base}")
+    if not inverse:   # where each log bin sits on the linear axis
+        pos = (base ** torch.linspace(0, 1, n_log, dtype=torch.float64) - 1) / (base - 1) * (n_linear - 1); n_src = n_linear
+    else:             # where each linear bin sits on the log axis
+        pos = torch.log1p((base - 1) * torch.linspace(0, 1, n_linear, dtype=torch.float64)) / math.log(base) * (n_log - 1); n_src = n_log
+    lo = pos.floor().long().clamp(0, n_src - 2)
+    frac = pos - lo
+    W = torch.zeros(len(pos), n_src, dtype=torch.float64)
+    rows = torch.arange(len(pos))
+    W[rows, lo] = 1 - frac
+    W[rows, lo + 1] += frac
+    return W.float()
+
+# %% ../nbs/10_localize_separate.ipynb #698965bc
+def _down(cin: int, cout: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, 2, 1, bias=False), nn.BatchNorm2d(cout), nn.LeakyReLU(0.2, inplace=True))
+
+class _Up(nn.Module):
+    "Upsample to the skip connection's size (any odd sizes), concatenate, 3x3 conv + BN + ReLU."
+    def __init__(self, cin: int, cout: int):
+        super().__init__()
+        self.conv = nn.Sequential(nn.Conv2d(cin, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+    def forward(self, x, skip):
+        x = F.interpolate(x, size=skip.shape[-2:], mode='bilinear', align_corners=False)
+        return self.conv(torch.cat([x, skip], 1))
+
+class AudioUNet(nn.Module):
+    "U-Net over a (B, 1, F, T) log magnitude: strided 3x3 convs down, bilinear upsampling with skip connections up; (B, out_channels, F, T)."
+    def __init__(self, channels: Sequence[int] = (8, 16, 32, 64, 128), out_channels: int = 16):
+        super().__init__()
+        c = [int(x) for x in channels]
+        if len(c) < 2 or min(c) < 1: raise ValueError(f"AudioUNet: need at least 2 positive channel counts, got {channels}")
+        self.bn0 = nn.BatchNorm2d(1)                  # the input's scale (log magnitudes) normalised by the network itself
+        self.stem = nn.Sequential(nn.Conv2d(1, c[0], 3, 1, 1, bias=False), nn.BatchNorm2d(c[0]), nn.LeakyReLU(0.2, inplace=True))
+        self.downs = nn.ModuleList(_down(a, b) for a, b in zip(c[:-1], c[1:]))
+        self.ups = nn.ModuleList(_Up(b + a, a) for a, b in zip(c[:-1], c[1:]))
+        self.head = nn.Conv2d(c[0], out_channels, 1)
+        self.out_channels = out_channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = [self.stem(self.bn0(x))]
+        for d in self.downs: h.append(d(h[-1]))
+        y = h[-1]
+        for up, skip in zip(reversed(self.ups), reversed(h[:-1])): y = up(y, skip)
+        return self.head(y)
+
+class SeparatorOutput(NamedTuple):
+    "What `SeparatorModel` returns: mask logits and masks (B, F, T) on the log-frequency axis, binary targets, loss weights, and each clip's partner (B,)."
+    logits: torch.Tensor
+    masks: torch.Tensor
+    targets: torch.Tensor
+    weights: torch.Tensor
+    partner: torch.Tensor
+
+def mix_partner(B: int, shift: int | None = None) -> torch.Tensor:
+    "The clip each clip of a batch of B is mixed with: (i + shift) % B, shift = B // 2 by default (with B even, i and i + B/2 are each other's partner)."
+    if B < 2: raise ValueError(f"mix_partner: a mixture needs 2 clips, the batch has {B}")
+    s = B // 2 if shift is None else int(shift)
+    if s % B == 0: raise ValueError(f"mix_partner: shift {s} would mix each clip of a batch of {B} with itself")
+    return (torch.arange(B) + s) % B
+
+class SeparatorModel(nn.Module):
+    "Sound of Pixels' mix-and-separate network, small: K visual weights from a clip's frames select a sum of an audio U-Net's K maps of the mixture, a mask per clip."
+    model_class = 'avc_nb.localize.SeparatorModel'   # where train.load_model finds the class
+    def __init__(self, n_fft: int = 1022, hop: int = 256, n_freq: int = 128, log_base: float = 21.0, k: int = 16,
+                 unet_channels: Sequence[int] = (8, 16, 32, 64, 128), visual_preset: str = 'small', n_frames: int = 3,
+                 shift: int | None = None, video_mean: Sequence[float] = (0.485, 0.456, 0.406),
+                 video_std: Sequence[float] = (0.229, 0.224, 0.225)):
+        super().__init__()
+        if visual_preset not in SCENE_PRESETS: raise ValueError(f"SeparatorModel: unknown visual_preset {visual_preset!r}; known: {sorted(SCENE_PRESETS)}")
+        if n_frames < 1: raise ValueError(f"SeparatorModel: n_frames must be >= 1, got {n_frames}")
+        self.init_kwargs = dict(n_fft=int(n_fft), hop=int(hop), n_freq=int(n_freq), log_base=float(log_base), k=int(k),
+                                unet_channels=[int(c) for c in unet_channels], visual_preset=visual_preset, n_frames=int(n_frames),
+                                shift=None if shift is None else int(shift), video_mean=[float(x) for x in video_mean],
+                                video_std=[float(x) for x in video_std])
+        self.n_fft, self.hop, self.n_frames, self.shift = int(n_fft), int(hop), int(n_frames), shift
+        n_lin = self.n_fft // 2 + 1
+        # fixed resampling matrices and window: rebuilt from init_kwargs, so not stored in checkpoints
+        self.register_buffer('warp', log_frequency_matrix(n_lin, n_freq, log_base), persistent=False)
+        self.register_buffer('unwarp', log_frequency_matrix(n_lin, n_freq, log_base, inverse=True), persistent=False)
+        self.register_buffer('window', torch.hann_window(self.n_fft), persistent=False)
+        self.register_buffer('video_mean', torch.tensor(video_mean, dtype=torch.float32))
+        self.register_buffer('video_std', torch.tensor(video_std, dtype=torch.float32))
+        self.visual = SpatialResNet(in_channels=3, **SCENE_PRESETS[visual_preset]['visual'])
+        self.visual_fc = nn.Linear(self.visual.out_dim, k)
+        self.audio_net = AudioUNet(unet_channels, k)
+        self.scale, self.bias = nn.Parameter(torch.ones(k)), nn.Parameter(torch.zeros(1))
+
+    def magnitude(self, wave: torch.Tensor) -> torch.Tensor:
+        "Waveforms (B, L), float in [-1, 1] or int16 -> STFT magnitudes (B, n_freq, T) on the log-frequency axis, in float32."
+        w = wave.float() / 32768 if wave.dtype == torch.int16 else wave.float()
+        with torch.autocast(device_type=w.device.type, enabled=False):
+            X = torch.stft(w, self.n_fft, self.hop, window=self.window, center=True, return_complex=True).abs()
+            return torch.einsum('gf,bft->bgt', self.warp, X)
+
+    def visual_features(self, frames: torch.Tensor) -> torch.Tensor:
+        "Frames (B, T, H, W, 3), uint8 or float in [0, 1] -> K weights in (0, 1) per clip: `n_frames` frames spread over the window, max-pooled over space and time."
+        if frames.ndim != 5 or frames.shape[-1] != 3:
+            raise ValueError(f"SeparatorModel: frames must be (B, T, H, W, 3), got shape {tuple(frames.shape)}")
+        B, T = frames.shape[:2]
+        idx = torch.linspace(0, T - 1, min(self.n_frames, T)).round().long().to(frames.device)
+        x = frames[:, idx]
+        x = x.float() / 255 if x.dtype == torch.uint8 else x.float()
+        x = ((x - self.video_mean) / self.video_std).permute(0, 1, 4, 2, 3).flatten(0, 1)    # (B * n, 3, H, W)
+        f = self.visual(x).amax((-2, -1)).reshape(B, len(idx), -1).amax(1)                 # max over space, then time
+        return torch.sigmoid(self.visual_fc(f))
+
+    def mask_logits(self, mix_mag: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
+        "Mask logits (B, n_freq, T) for mixture magnitudes (B, n_freq, T) (log-frequency axis), each from the frames of the clip it is for."
+        a = self.audio_net(torch.log(mix_mag + 1e-10).unsqueeze(1))        # (B, K, F, T)
+        v = self.visual_features(frames)                                    # (B, K)
+        return torch.einsum('bkft,bk->bft', a, v * self.scale) + self.bias
+
+    def forward(self, audio: torch.Tensor, frames: torch.Tensor) -> SeparatorOutput:
+        "Mix each clip with its partner (`mix_partner`), both divided by 2; each clip's mask from its own frames; targets |S_i| > 0.5 |mix|."
+        if audio.ndim != 2: raise ValueError(f"SeparatorModel: audio must be waveforms (B, L), got shape {tuple(audio.shape)}")
+        p = mix_partner(audio.shape[0], self.shift).to(audio.device)
+        src = (audio.float() / 32768 if audio.dtype == torch.int16 else audio.float()) / 2
+        M, S = self.magnitude(src + src[p]), self.magnitude(src)
+        logits = self.mask_logits(M, frames)
+        return SeparatorOutput(logits, torch.sigmoid(logits), (S > 0.5 * M).float(), torch.log1p(M).clamp(1e-3, 10), p)
+
+    def linear_masks(self, masks: torch.Tensor) -> torch.Tensor:
+        "Masks (..., n_freq, T) on the log-frequency axis -> (..., n_fft // 2 + 1, T) on the STFT's linear axis."
+        return torch.einsum('lg,...gt->...lt', self.unwarp, masks.float())
+
+# %% ../nbs/10_localize_separate.ipynb #81fdaa19
+class MixSeparateObjective:
+    "Sound of Pixels' loss: BCE of each mask against |S_i| > 0.5 |mix|, weighted by clamp(log1p |mix|, 1e-3, 10); with `skip_same_class`, mixtures of two clips of one class (batch 'label') are left out."
+    def __init__(self, skip_same_class: bool = True):
+        self.skip_same_class = skip_same_class
+
+    def __call__(self, out: SeparatorOutput, batch: dict | None = None) -> tuple[torch.Tensor, dict]:
+        logits, t, w = out.logits.float(), out.targets, out.weights
+        keep = torch.ones(len(logits), dtype=torch.bool, device=logits.device)
+        if self.skip_same_class and batch is not None and 'label' in batch:
+            y = batch['label'].to(logits.device)
+            keep = ~((y == y[out.partner]) & (y >= 0))              # unlabelled clips (-1) are never "the same class"
+        per = F.binary_cross_entropy_with_logits(logits, t, weight=w, reduction='none').mean((1, 2))
+        n = int(keep.sum())
+        loss = (per * keep).sum() / max(n, 1)                       # no mixture left: 0, with a graph, so the step still runs
+        with torch.no_grad():
+            acc = (((logits > 0).float() == t).float() * w).sum((1, 2)) / w.sum((1, 2))
+            acc = float((acc * keep).sum() / n) if n else float('nan')
+        return loss, dict(mask_acc=acc, mixtures=n)
+
+# %% ../nbs/10_localize_separate.ipynb #ef61b7f9
+def train_separator(cache, subset, steps: int, seed: int, out_dir, batch_size: int = 16, lr: float = 1e-3,
+                    weight_decay: float = 1e-4, device: str = '', progress: bool = False, callbacks=(), resume: bool = True,
+                    skip_same_class: bool = True, return_trainer: bool = False, **model_kwargs):
+    "Train a `SeparatorModel(**model_kwargs)` on cache positions `subset` for `steps` steps of `batch_size` clips through notebook 07's Trainer, in `out_dir`; returns the model in eval mode (or the Trainer)."
+    from avc_nb.sampling import SamplingSpec
+    from avc_nb.train import TrainConfig, Trainer
+    cfg = TrainConfig(cache_dir='', out_dir=str(out_dir), seed=int(seed), max_steps=int(steps), epochs=1, lr=lr,
+                      weight_decay=weight_decay, crop=0, flip=True, n_frames=int(round(cache.spec.fps)), audio_seconds=1.0,
+                      audio_offset=0.0, sampling=SamplingSpec(batch_size=int(batch_size)), device=device, progress=progress,
+                      prefetch=0)
+    torch.manual_seed(seed)                      # the same initial weights for the same seed
+    model = SeparatorModel(**model_kwargs)
+    tr = Trainer(cfg, cache=cache, model=model, objective=MixSeparateObjective(skip_same_class), subset=subset,
+                 callbacks=callbacks, band_stats=False)
+    tr.fit(resume=resume)
+    tr.model.eval()
+    return tr if return_trainer else tr.model
+
+@torch.no_grad()
+def separate(model, mixture, frames, threshold: float | None = 0.5) -> np.ndarray:
+    "Waveforms (N, L) separated from `mixture` (L,), one for each clip's frames (N, T, H, W, 3): the mask (thresholded at `threshold`; None: soft) times the mixture's magnitude, with its phase."
+    was = model.training
+    model.eval()
+    try:
+        dev = model.video_mean.device
+        mix = np.asarray(mixture, dtype=np.float64).reshape(-1)
+        fr = torch.as_tensor(np.asarray(frames)).to(dev)
+        if fr.ndim == 4: fr = fr[None]
+        M = model.magnitude(torch.as_tensor(mix, dtype=torch.float32, device=dev)[None]).expand(len(fr), -1, -1)
+        m = model.linear_masks(torch.sigmoid(model.mask_logits(M, fr).float())).double().cpu()
+        if threshold is not None: m = (m > threshold).double()
+        return apply_masks(m, mix, model.n_fft, model.hop)
+    finally:
+        model.train(was)
+
+def separation_pairs(cache, split: str = 'test', n_pairs: int | None = None, seed: int = 0, indices=None) -> list:
+    "Pairs (i, j) of cache positions (clips of `split`, or `indices`) whose sounding classes differ (manifest `audio_labels`, else `label`), in a seeded random order, at most `n_pairs`."
+    df = cache.manifest.df.reset_index(drop=True)
+    idx = np.asarray(cache.indices(split) if indices is None else indices, dtype=np.int64)
+    col = 'audio_labels' if 'audio_labels' in df.columns else 'label'
+    sounds = [set(str(df[col].iloc[i]).split(';')) for i in idx]
+    pairs = [(int(idx[a]), int(idx[b])) for a in range(len(idx)) for b in range(a + 1, len(idx)) if not sounds[a] & sounds[b]]
+    order = np.random.default_rng([seed, 0x5E9]).permutation(len(pairs))
+    pairs = [pairs[k] for k in order]
+    return pairs[:n_pairs] if n_pairs else pairs
+
+def evaluate_separation(model, cache, pairs, seconds: float = 1.0, start: float = 0.0, threshold: float | None = 0.5,
+                        ceilings: bool = True) -> dict:
+    "SDR / SIR / SAR of `model` on mixtures of the clip `pairs` (each clip's audio from `start`, divided by 2), beside the mixture (floor) and the ideal binary and ratio masks (ceilings): {method: separation_metrics(..., per_sample=True)}."
+    if not len(pairs): raise ValueError("evaluate_separation: no pairs to evaluate")
+    N, T = int(round(seconds * cache.spec.sample_rate)), int(round(seconds * cache.spec.fps))
+    refs, est = [], {'learned': [], 'mixture': []}
+    if ceilings: est.update({'ideal binary mask': [], 'ideal ratio mask': []})
+    for i, j in pairs:
+        b = cache.batch([i, j], n_frames=T, audio_samples=N, starts=[start, start])
+        mix, r = mix_sources(b['audio'].astype(np.float64) / 32768)
+        refs.append(r)
+        est['learned'].append(separate(model, mix, b['frames'], threshold))
+        est['mixture'].append(np.stack([mix, mix]))
+        if ceilings:
+            bm, rm = ideal_masks(r, mix, model.n_fft, model.hop)
+            est['ideal binary mask'].append(apply_masks(bm, mix, model.n_fft, model.hop))
+            est['ideal ratio mask'].append(apply_masks(rm, mix, model.n_fft, model.hop))
+    return {k: separation_metrics(refs, v, per_sample=True) for k, v in est.items()}
+
+def separation_table(result: dict):
+    "The means of `evaluate_separation`'s result as a table: a row per method, SDR / SIR / SAR in dB, samples scored and skipped."
+    import pandas as pd
+    return pd.DataFrame({k: {m: v[m] for m in ('sdr', 'sir', 'sar', 'n', 'skipped')} for k, v in result.items()}).T
