@@ -4,23 +4,29 @@
 
 # %% auto #0
 __all__ = ['NOT_IMPLEMENTED_HINT', 'SOLUTION', 'HIDDEN', 'CODE_STUB', 'TEXT_STUB', 'CHECK_POINTS', 'CaseResult', 'Score',
-           'Mistake', 'check_infonce', 'check_soft_positive_pairing', 'check_faulty_positive_weights', 'student_source',
-           'student_notebook', 'release', 'nbgrader_notebook', 'nbgrader_release', 'grade_submission', 'avc_assign_cli']
+           'Mistake', 'check_infonce', 'check_soft_positive_pairing', 'check_faulty_positive_weights',
+           'check_detection_auc', 'check_ciou', 'check_localization_auc', 'student_source', 'student_notebook',
+           'release', 'nbgrader_notebook', 'nbgrader_release', 'grade_submission', 'avc_assign_cli']
 
 # %% ../nbs/15_assignments.ipynb #d74b8a81
 import argparse
+import functools
 import json
 import math
 import re
+import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from .core import AvcError, add_debug_option, command_errors, ensure_writable_dir
+from .localize import (AUC_THRESHOLDS, boxes_mask, centre_prior, ciou, localization_auc, random_map, resize_map,
+                             sounding_mask, success_rate)
 from .losses import FaultyPositiveWeights, infonce, pair_similarity, positive_mask
 
 # %% ../nbs/15_assignments.ipynb #f5c638b6
@@ -89,13 +95,14 @@ def _call(fn: Callable, *args):
         raise Mistake(f"your function raised {type(e).__name__}: {_short(e)}") from None
 
 def _grade(check: str, fn, cases: list, verbose: bool = True) -> Score:
-    "Run `cases` [(name, points, case_fn)] for `fn`; a case passes when its case_fn returns without raising."
-    score = Score(f"{check}({getattr(fn, '__name__', type(fn).__name__)})")
-    not_impl = False
+    "Run `cases` [(name, points, case_fn)] for `fn` (a function or a tuple of them); a case passes when its case_fn returns without raising."
+    fns = fn if isinstance(fn, tuple) else (fn,)
+    score = Score(f"{check}({', '.join(getattr(f, '__name__', type(f).__name__) for f in fns)})")
+    not_impl, bad = False, next((f for f in fns if not callable(f)), None)
     for name, pts, case in cases:
-        if not callable(fn):
+        if bad is not None:
             score.cases.append(CaseResult(name, 0, pts, f"pass your function itself, e.g. {check}(my_function), "
-                                                        f"not its result (got a {type(fn).__name__})"))
+                                                        f"not its result (got a {type(bad).__name__})"))
             continue
         try:
             case()
@@ -128,6 +135,34 @@ def _diagnose(got: torch.Tensor, variants: list, want: torch.Tensor, what: str, 
         if _close(got, value, **tol): return hint
     show = lambda t: f"{t.item():.6g}" if t.numel() == 1 else f"{t.flatten()[:4].numpy().round(4).tolist()}"
     return f"{what} {show(got)}, expected {show(want)}; compare your steps with the formula above"
+
+def _to_number(out, what: str = 'the output') -> float:
+    "The student's output as one Python float (a Mistake naming what came back when it is not one number)."
+    if isinstance(out, (bool, np.bool_)) or out is None or isinstance(out, str):
+        raise Mistake(f"{what} is a {type(out).__name__}; return one number (a float)")
+    try: t = _to_tensor(out, what)
+    except Mistake: raise Mistake(f"{what} is a {type(out).__name__}; return one number (a float)") from None
+    if t.numel() != 1: raise Mistake(f"{what} has shape {tuple(t.shape)}; return one number (a float)")
+    return float(t.reshape(()))
+
+def _mistake_variants(variant: Callable, mistakes: dict, *args) -> list:
+    "(hint, value) of every single mistake of `mistakes` {(switch, value): hint}, then of every pair of different switches."
+    keys = list(mistakes)
+    out = [(h, variant(*args, **{k: val})) for (k, val), h in mistakes.items()]
+    for i, (k1, v1) in enumerate(keys):
+        for k2, v2 in keys[i + 1:]:
+            if k1 != k2: out.append((mistakes[k1, v1] + '; and ' + mistakes[k2, v2], variant(*args, **{k1: v1, k2: v2})))
+    return out
+
+def _scalar_variants(variant: Callable, mistakes: dict, *args) -> list:
+    "`_mistake_variants` with each value as a float64 tensor, for `_diagnose` (a variant that fails counts as nan)."
+    def safe(*a, **kw):
+        try:
+            with warnings.catch_warnings(), np.errstate(all='ignore'):
+                warnings.simplefilter('ignore')
+                return torch.tensor(float(variant(*a, **kw)), dtype=torch.float64)
+        except (ZeroDivisionError, ValueError, FloatingPointError): return torch.tensor(float('nan'), dtype=torch.float64)
+    return _mistake_variants(safe, mistakes, *args)
 
 # %% ../nbs/15_assignments.ipynb #82a65333
 _INFONCE_MISTAKES = {  # flag=value -> hint
@@ -402,14 +437,7 @@ def _fpw_variant(a, v, mu, sigma, delta=0.0, kappa=0.5, w_min=0.25, eps=1e-6, no
     if floor == 'clamp': return phi.clamp_min(w_min)
     return w_min + (1 - w_min) * phi
 
-def _fpw_variants(*args):
-    keys = list(_FPW_MISTAKES)
-    out = [(h, _fpw_variant(*args, **{k: val})) for (k, val), h in _FPW_MISTAKES.items()]
-    for i, (k1, v1) in enumerate(keys):
-        for k2, v2 in keys[i + 1:]:
-            if k1 != k2:
-                out.append((_FPW_MISTAKES[k1, v1] + '; and ' + _FPW_MISTAKES[k2, v2], _fpw_variant(*args, **{k1: v1, k2: v2})))
-    return out
+def _fpw_variants(*args): return _mistake_variants(_fpw_variant, _FPW_MISTAKES, *args)
 
 def _fpw_reference(a, v, mu, sigma, delta=0.0, kappa=0.5, w_min=0.25) -> torch.Tensor:
     "The library's weights: `FaultyPositiveWeights` with its running statistics set to (mu, sigma)."
@@ -478,12 +506,299 @@ def check_faulty_positive_weights(fn: Callable, seed: int = 0, verbose: bool = T
              ("weights are detached from the graph", 1, detached)]
     return _grade('check_faulty_positive_weights', fn, cases, verbose)
 
+# %% ../nbs/15_assignments.ipynb #d2131986
+_DETECT_MISTAKES = {
+    ('score', 'w'): "this is the AUC of w itself, which ranks the clean pairs first: a faulty pair should get a LOW weight, so score the pairs by 1 - w",
+    ('ties', 'zero'): "a tie (an off-screen and a clean pair with the same weight) counts 0: it counts one half",
+    ('ties', 'one'): "a tie (an off-screen and a clean pair with the same weight) counts 1: it counts one half",
+}
+
+def _detect_variant(w, truth, score='1-w', ties='half') -> float:
+    "ROC-AUC of 1 - w for the positives `truth` by counting pairs, right by default; keywords switch on one mistake (`_DETECT_MISTAKES`)."
+    w, t = np.asarray(w, np.float64).ravel(), np.asarray(truth, bool).ravel()
+    s = 1 - w if score == '1-w' else w
+    f, c = s[t], s[~t]
+    if len(f) == 0 or len(c) == 0: return float('nan')
+    above, tied = (f[:, None] > c[None, :]).sum(), (f[:, None] == c[None, :]).sum()
+    return float((above + {'half': 0.5, 'zero': 0.0, 'one': 1.0}[ties] * tied) / (len(f) * len(c)))
+
+def _check_detection(fn, w, truth):
+    "One comparison: the student's AUC of (w, truth) must equal `roc_auc(1 - w, truth)`, nan included."
+    from avc_nb.robust import roc_auc
+    w_np = (w.detach().double().numpy() if isinstance(w, torch.Tensor) else np.asarray(w, np.float64))
+    want = roc_auc(1 - w_np, truth)
+    out = _call(fn, w.clone() if isinstance(w, torch.Tensor) else w.copy(), truth.copy())
+    if math.isnan(want):
+        try: got = _to_number(out, 'the AUC')
+        except Mistake: got = None
+        if got is None or not math.isnan(got):
+            raise Mistake(f"with {'no off-screen' if not truth.any() else 'no clean'} pair the AUC is undefined: "
+                          f"return float('nan') (got {out!r:.40})")
+        return
+    got = _to_number(out, 'the AUC')
+    if math.isnan(got): raise Mistake("the AUC is nan although there are both off-screen and clean pairs")
+    if abs(got - want) > 1e-9:
+        raise Mistake(_diagnose(torch.tensor(got, dtype=torch.float64), _scalar_variants(_detect_variant, _DETECT_MISTAKES, w_np, truth),
+                                torch.tensor(want, dtype=torch.float64), 'the AUC is', atol=1e-9))
+
+def check_detection_auc(fn: Callable, seed: int = 0, verbose: bool = True) -> Score:
+    "Grade `fn(w, offscreen)` -> the ROC-AUC of 1 - w for finding the off-screen pairs, against `avc_nb.robust.roc_auc` (4 points)."
+    rng = np.random.default_rng([seed, 4])
+    levels = lambda n: 0.25 + 0.75 * np.arange(n) / (n - 1)   # n distinct weights in [w_min, 1] = [0.25, 1]
+
+    def partial_separation():
+        off = np.zeros(30, bool); off[rng.choice(30, 9, replace=False)] = True
+        rank = np.argsort(np.argsort(rng.standard_normal(30) - 1.2 * off))   # off-screen pairs tend to rank low
+        _check_detection(fn, levels(30)[rank], off)
+    def ties():
+        off = np.zeros(24, bool); off[rng.choice(24, 8, replace=False)] = True
+        w = np.where(rng.random(24) < 0.5, 0.25, rng.choice(levels(7), 24))   # many pairs at the floor w_min, the others on 7 levels
+        w[np.flatnonzero(off)[0]] = w[np.flatnonzero(~off)[0]] = 0.25           # at least one tie across the groups
+        _check_detection(fn, w, off)
+    def one_group():
+        _check_detection(fn, levels(10), np.zeros(10, bool))
+        _check_detection(fn, levels(10)[::-1].copy(), np.ones(10, bool))
+    def tensor_input():
+        off = rng.random(400) < 0.25
+        z = rng.standard_normal(400) - 1.0 * off
+        w = torch.as_tensor(0.25 + 0.75 / (1 + np.exp(-z)), dtype=torch.float32)   # distinct weights, faulty ones lower on average
+        _check_detection(fn, w, off)
+
+    cases = [("weights that partly separate the off-screen pairs", 1, partial_separation),
+             ("ties count one half", 1, ties),
+             ("no off-screen pair, or no clean pair: nan", 1, one_group),
+             ("400 weights as a float32 tensor, the truth as a NumPy bool array", 1, tensor_input)]
+    return _grade('check_detection_auc', fn, cases, verbose)
+
+# %% ../nbs/15_assignments.ipynb #c7b70c81
+@functools.lru_cache(maxsize=4)
+def _scene_truth(seed: int, frame: int = 8) -> tuple:
+    "Ground truth of 10 built-in scenes (5 classes x 2 clips, 1 to 3 sounding objects, a silent distractor, half the sounds off screen): per clip the mask G of `frame`, G averaged over frames frame-2 .. frame+1, and the first sounding object's box."
+    from avc_nb.synthetic import make_synthetic, read_ground_truth
+    with tempfile.TemporaryDirectory() as d, warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        man = make_synthetic(Path(d) / 'scenes', n_classes=5, clips_per_class=2, max_sources=3, max_distractors=1,
+                             offscreen_fraction=0.5, seed=seed, progress=False)
+        gts = [read_ground_truth(r.video_path) for r in man.df.itertuples()]
+    out = []
+    for gt in gts:
+        box = next((gt['boxes'][j][frame] for j, o in enumerate(gt['objects']) if o['sounding']), None)
+        out.append(dict(mask=sounding_mask(gt, frame), soft=np.mean([sounding_mask(gt, t) for t in range(frame - 2, frame + 2)], 0),
+                        box=None if box is None else [int(x) for x in box], size=int(gt['size'])))
+    return tuple(out)
+
+# %% ../nbs/15_assignments.ipynb #013b09f7
+_CIOU_MISTAKES = {
+    ('formula', 'iou'): "this is the plain IoU |P and G| / |P or G| with G as 0/1: cIoU weighs each pixel by G, "
+                        "sum(P G) / (sum(G) + sum(P [G = 0])), which differs when G has values between 0 and 1",
+    ('formula', 'soft_iou'): "sum(P G) / sum(P + G - P G) is the IoU's union: cIoU divides by sum(G) + sum(P [G = 0]) "
+                             "(a predicted pixel where 0 < G < 1 adds nothing to the denominator)",
+    ('formula', 'recall'): "sum(P G) / sum(G) leaves out the false positives: add sum(P [G = 0]) to the denominator",
+    ('formula', 'precision'): "sum(P G) / sum(P) divides by the prediction: divide by sum(G) + sum(P [G = 0])",
+    ('formula', 'dice'): "2 sum(P G) / (sum(P) + sum(G)) is the Dice coefficient: cIoU is sum(P G) / (sum(G) + sum(P [G = 0]))",
+    ('thr', 'mean'): "thresholded at the mean: binarise at the median (the value at position int(H W / 2) of the sorted pixels), "
+                     "so that about half the frame is predicted",
+    ('thr', 'np_median'): "np.median averages the two middle values, so one pixel too many is predicted: the threshold is the value "
+                          "at position int(H W / 2) of the sorted pixels, np.sort(p.ravel())[int(H * W / 2)], and only pixels "
+                          "strictly above it become 1",
+    ('thr', 'lower'): "torch.median gives the lower middle value, so one pixel too many is predicted: the threshold is the value "
+                      "at position int(H W / 2) of the sorted pixels, np.sort(p.ravel())[int(H * W / 2)], and only pixels "
+                      "strictly above it become 1",
+    ('norm', 'none'): "not min-max normalised: first map the prediction to [0, 1], (p - min) / (max - min); on a map whose "
+                      "values exceed 1 the pixels below the median otherwise keep their values",
+    ('binar', 'gt'): "pixels at the maximum must stay 1 even when more than half the map is at its maximum: "
+                     "set p > threshold to 1, then p < 1 to 0 (not P = p > threshold)",
+    ('binar', 'ge'): "pixels equal to the threshold are predicted: only pixels strictly above the threshold become 1 "
+                     "(and those at the maximum, 1, stay 1)",
+    ('binar', 'none'): "the prediction is not binarised: P is 1 above the median and 0 below",
+    ('resize', 'align_corners'): "the map was resized with align_corners=True: resize with half-pixel centres, resize_map(pred, G.shape)",
+    ('resize', 'nearest'): "the map was resized by nearest neighbour: resize it bilinearly, resize_map(pred, G.shape)",
+}
+
+def _ciou_variant(pred, G, formula='ciou', thr='upper', norm='minmax', binar='ref', resize='bilinear') -> float:
+    "cIoU in float64, right by default (as `avc_nb.localize.ciou`); each keyword switches on one typical mistake (`_CIOU_MISTAKES`)."
+    G = np.asarray(G, np.float64)
+    p = np.asarray(pred, np.float64)
+    if p.shape != G.shape:
+        t = torch.as_tensor(p)[None, None]
+        p = (F.interpolate(t, size=G.shape, mode='nearest') if resize == 'nearest' else
+             F.interpolate(t, size=G.shape, mode='bilinear', align_corners=resize == 'align_corners'))[0, 0].numpy()
+    if norm == 'minmax':
+        lo, hi = p.min(), p.max()
+        p = (p - lo) / (hi - lo) if hi > lo else np.zeros_like(p)
+    s, n = np.sort(p.ravel()), p.size
+    t = {'upper': s[n // 2], 'np_median': np.median(p), 'lower': s[(n - 1) // 2], 'mean': p.mean()}[thr]
+    if binar == 'ref': P = p.copy(); P[P > t] = 1; P[P < 1] = 0
+    elif binar == 'gt': P = (p > t).astype(np.float64)
+    elif binar == 'ge': P = (p >= t).astype(np.float64)
+    else: P = p
+    inter = (P * G).sum()
+    if formula == 'ciou': return inter / (G.sum() + (P * (G == 0)).sum())
+    if formula == 'iou': return float(((P > 0) & (G > 0)).sum() / ((P > 0) | (G > 0)).sum())
+    if formula == 'soft_iou': return inter / (P + G - P * G).sum()
+    if formula == 'recall': return inter / G.sum()
+    if formula == 'precision': return inter / P.sum()
+    return 2 * inter / (P.sum() + G.sum())   # dice
+
+def _check_ciou(fn, pred, G):
+    "One comparison: the student's cIoU of (pred, G) must be the library's `ciou`."
+    want = ciou(pred, G)
+    try: out = _call(fn, pred.copy(), G.copy())
+    except Mistake as m:
+        if pred.shape != G.shape:
+            raise Mistake(f"{m}; the map is {pred.shape[0]} x {pred.shape[1]} and the mask {G.shape[0]} x {G.shape[1]}: "
+                          "resize the map to the mask's size first, resize_map(pred, G.shape)") from None
+        raise
+    got = _to_number(out, 'the cIoU')
+    if math.isnan(got) and want == 0 and pred.min() == pred.max():
+        raise Mistake("a constant map gave nan: max - min is 0, so the min-max normalisation divides by 0; "
+                      "the evaluation code then uses a map of zeros, nothing is predicted, and cIoU is 0")
+    if not abs(got - want) <= 1e-7:
+        raise Mistake(_diagnose(torch.tensor(got, dtype=torch.float64), _scalar_variants(_ciou_variant, _CIOU_MISTAKES, pred, G),
+                                torch.tensor(want, dtype=torch.float64), 'the cIoU is', atol=1e-7, rtol=0))
+
+def check_ciou(fn: Callable, seed: int = 0, verbose: bool = True) -> Score:
+    "Grade `fn(pred, gt_mask)` -> cIoU, against `avc_nb.localize.ciou`, on built-in scenes' ground truth (10 points)."
+    scenes = _scene_truth(seed)
+    rng = np.random.default_rng([seed, 10])
+    on_screen = [s for s in scenes if s['mask'].sum() > 0]
+    off_screen = [s for s in scenes if s['mask'].sum() == 0]
+    pick = lambda k: [on_screen[i] for i in rng.choice(len(on_screen), min(k, len(on_screen)), replace=False)]
+    S = scenes[0]['size']
+
+    def centre():
+        for s in pick(3): _check_ciou(fn, centre_prior(S, S), s['mask'])
+    def small_random():
+        for s in pick(3): _check_ciou(fn, random_map(8, 8, rng), s['mask'])
+    def shifted_box():
+        for s in pick(3):
+            x0, y0, x1, y1 = s['box']; dx, dy = rng.integers(-6, 7, 2)
+            _check_ciou(fn, boxes_mask([[x0 + dx, y0 + dy, x1 + dx, y1 + dy]], S, S), s['mask'])
+    def other_scale():
+        for s in pick(2): _check_ciou(fn, 2 + 8 * resize_map(random_map(8, 8, rng), (S, S)), s['mask'])   # scores from 2 to 10
+    def mostly_max():
+        for s in pick(2):
+            x0, _, x1, _ = s['box']
+            m = np.ones((S, S))
+            if (x0 + x1) / 2 > S / 2: m[:, :S // 4] = 0     # rules out a strip on the side away from the object
+            else: m[:, -(S // 4):] = 0
+            _check_ciou(fn, m, s['mask'])   # three quarters of the map at its maximum
+    def weighted_mask():
+        for s in pick(2): _check_ciou(fn, centre_prior(S, S), s['soft'])
+    def constant():
+        s = pick(1)[0]
+        for value in (0.0, 0.3):
+            _check_ciou(fn, np.full((S, S), value), s['mask'])
+    def empty():
+        G = off_screen[0]['mask'] if off_screen else np.zeros((S, S))
+        try:
+            with warnings.catch_warnings(), np.errstate(all='ignore'):
+                warnings.simplefilter('ignore')
+                out = fn(centre_prior(S, S), G.copy())
+        except ValueError: return
+        except NotImplementedError: raise _NotImplemented() from None
+        except (Exception, SystemExit) as e:
+            raise Mistake(f"an empty G (the sound is off screen) has no cIoU: raise ValueError with a message, not {type(e).__name__}") from None
+        raise Mistake(f"an empty G (the sound is off screen) has no cIoU: raise ValueError (the evaluation leaves such frames out) "
+                      f"instead of returning {out!r:.40}")
+
+    cases = [("built-in scenes, centre prior (map and mask 64 x 64)", 2, centre),
+             ("random 8 x 8 map, resized to the 64 x 64 mask", 2, small_random),
+             ("a box map shifted off the sounding object", 1, shifted_box),
+             ("a map on another scale (values 2 to 10)", 1, other_scale),
+             ("three quarters of the map at its maximum", 1, mostly_max),
+             ("a weighted mask (G averaged over 4 frames)", 1, weighted_mask),
+             ("a constant map: nothing predicted, cIoU 0", 1, constant),
+             ("empty ground truth (sound off screen) raises ValueError", 1, empty)]
+    return _grade('check_ciou', fn, cases, verbose)
+
+# %% ../nbs/15_assignments.ipynb #c4d14e58
+_SUCCESS_MISTAKES = {
+    ('cmp', 'gt'): "a cIoU equal to the threshold is a success: count cIoU >= at, not cIoU > at",
+    ('share', 'count'): "this is the number of successes: return their share, a fraction between 0 and 1",
+    ('share', 'percent'): "this is a percentage: return the share as a fraction between 0 and 1",
+}
+
+def _success_variant(cious, at=0.5, cmp='ge', share='fraction') -> float:
+    c = np.asarray(cious, np.float64).ravel()
+    k = (c >= at) if cmp == 'ge' else (c > at)
+    return float(k.sum() if share == 'count' else 100 * k.mean() if share == 'percent' else k.mean())
+
+_AUC_MISTAKES = {
+    ('success', 'gt'): "a cIoU equal to a threshold is a success: count cIoU >= t, not cIoU > t",
+    ('x', 'to_095'): "the thresholds stop at 0.95: there are 21 of them, 0, 0.05, ..., 1 (np.arange(0, 1, 0.05) leaves out 1)",
+    ('x', 'from_005'): "the thresholds start at 0.05: there are 21 of them, 0, 0.05, ..., 1",
+    ('area', 'mean'): "the mean of the 21 success rates is not the area under them: use the trapezoid rule, "
+                      "the sum over i of 0.05 (y[i] + y[i+1]) / 2",
+    ('area', 'sum'): "0.05 x the sum of the 21 success rates counts the first and last thresholds whole: the trapezoid rule halves them",
+    ('area', 'unit_width'): "the trapezoids have width 1: their width is the step between thresholds, 0.05 (np.trapezoid(y, x) with x the thresholds)",
+    ('area', 'mean_ciou'): "this is the mean cIoU: the AUC is the area under the success rate as a function of the threshold",
+    ('area', 'percent'): "this is a percentage: return the area as a fraction between 0 and 1",
+}
+
+def _auc_variant(cious, success='ge', x='all', area='trapezoid') -> float:
+    "AUC of the success rate in float64, right by default (as `avc_nb.localize.localization_auc`); keywords switch on one mistake (`_AUC_MISTAKES`)."
+    c = np.asarray(cious, np.float64).ravel()
+    t = {'all': AUC_THRESHOLDS, 'to_095': AUC_THRESHOLDS[:-1], 'from_005': AUC_THRESHOLDS[1:]}[x]
+    y = np.array([_success_variant(c, at, cmp=success) for at in t])
+    trap = float(np.sum(np.diff(t) * (y[1:] + y[:-1]) / 2))
+    return {'trapezoid': trap, 'mean': y.mean(), 'sum': 0.05 * y.sum(), 'unit_width': float(np.sum((y[1:] + y[:-1]) / 2)),
+            'mean_ciou': c.mean(), 'percent': 100 * trap}[area]
+
+def _check_rate(fn, variant, mistakes, reference, what, *args):
+    "One comparison of the student's success rate or AUC with the library's `reference(*args)`, naming the mistake when it can."
+    want = reference(*args)
+    got = _to_number(_call(fn, *[a.copy() if isinstance(a, (np.ndarray, list)) else a for a in args]), what)
+    if not abs(got - want) <= 1e-9:
+        raise Mistake(_diagnose(torch.tensor(got, dtype=torch.float64), _scalar_variants(variant, mistakes, *args),
+                                torch.tensor(want, dtype=torch.float64), f"{what} is", atol=1e-9, rtol=0))
+
+def check_localization_auc(success_fn: Callable, auc_fn: Callable, seed: int = 0, verbose: bool = True) -> Score:
+    "Grade `success_fn(cious, at=0.5)` -> success rate and `auc_fn(cious)` -> AUC against `avc_nb.localize` on cIoUs of built-in scenes (8 points)."
+    scenes = [s for s in _scene_truth(seed) if s['mask'].sum() > 0]
+    rng = np.random.default_rng([seed, 8])
+    S = scenes[0]['size']
+    real = np.array([ciou(m, s['mask']) for s in scenes for m in (centre_prior(S, S), random_map(8, 8, rng), random_map(8, 8, rng))])
+    sr = lambda *a: _check_rate(success_fn, _success_variant, _SUCCESS_MISTAKES, success_rate, 'the success rate', *a)
+    auc = lambda c: _check_rate(auc_fn, _auc_variant, _AUC_MISTAKES, localization_auc, 'the AUC', c)
+    on_thresholds = np.array([0.0, 0.2, 0.25, 0.4, 0.5, 0.5, 0.75, 0.8, 1.0])   # each exactly 0.05 i in floating point
+
+    def success_real():
+        sr(real, 0.5); sr(real, 0.3)
+    def success_at_threshold():
+        sr(np.array([0.5, 0.25, 0.75, 0.5, 0.4]), 0.5)
+    def auc_real(): auc(real)
+    def known_values():
+        for c, v in (([1.0], 1.0), ([0.0], 0.025)):
+            got = _to_number(_call(auc_fn, np.array(c)), 'the AUC')
+            if abs(got - v) > 1e-9:
+                auc(np.array(c))   # names the mistake when it can
+                raise Mistake(f"one sample with cIoU {c[0]:g} must give AUC {v:g}, got {got:.6g}")
+    def exact_thresholds(): auc(on_thresholds)
+    def many(): auc(rng.uniform(size=200) ** 2)
+    def a_list():
+        c = real[:5]
+        try: got = _to_number(_call(auc_fn, [float(x) for x in c]), 'the AUC')
+        except Mistake as m: raise Mistake(f"{m}; the cIoUs may come as a Python list: convert them first, np.asarray(cious, dtype=float)") from None
+        if abs(got - _to_number(_call(auc_fn, c.copy()), 'the AUC')) > 1e-9:
+            raise Mistake("the cIoUs as a Python list give another AUC than as an array: convert them first, np.asarray(cious, dtype=float)")
+
+    cases = [("success rate at 0.5 and 0.3 on cIoUs of built-in scenes", 1, success_real),
+             ("a cIoU equal to the threshold is a success", 1, success_at_threshold),
+             ("AUC on cIoUs of built-in scenes", 2, auc_real),
+             ("known values: cIoU 1 gives AUC 1, cIoU 0 gives 0.025", 1, known_values),
+             ("cIoUs exactly on the thresholds", 1, exact_thresholds),
+             ("200 random cIoUs", 1, many),
+             ("the cIoUs as a Python list give the same AUC as an array", 1, a_list)]
+    return _grade('check_localization_auc', (success_fn, auc_fn), cases, verbose)
+
 # %% ../nbs/15_assignments.ipynb #e3f0b6af
 SOLUTION = ('BEGIN SOLUTION', 'END SOLUTION')
 HIDDEN = ('BEGIN HIDDEN TESTS', 'END HIDDEN TESTS')
 CODE_STUB = ('# YOUR CODE HERE', 'raise NotImplementedError()')
 TEXT_STUB = 'YOUR ANSWER HERE'
-CHECK_POINTS = {'check_infonce': 12, 'check_soft_positive_pairing': 12, 'check_faulty_positive_weights': 10}
+CHECK_POINTS = {'check_infonce': 12, 'check_soft_positive_pairing': 12, 'check_faulty_positive_weights': 10,
+                'check_detection_auc': 4, 'check_ciou': 10, 'check_localization_auc': 8}
 
 def _is_marker(line: str, marker: str) -> bool:
     "A comment line carrying `marker`, e.g. '    ### BEGIN SOLUTION'."
