@@ -635,6 +635,14 @@ def claim_checks(results: pd.DataFrame, metric: str = 'id_linear_audio') -> pd.D
             m, lo, hi = _ci([np.nanmean(a) - 0.5 for a in g.auc_by_epoch])
             rows.append(dict(claim=f"{o}: the weights find faulty positives (AUC - 0.5, mean over epochs), off {f:g}",
                              paper='AUC > 0.5', measured=f"{m:+.3f} [{lo:+.3f}, {hi:+.3f}]", verdict=_verdict(lo, hi)))
+    auc = lambda o, f: results[(results.objective == o) & (results.offscreen == f)].set_index('seed').auc_by_epoch.map(
+        lambda a: np.nanmean(np.asarray(a, dtype=float)))
+    for o, base in (('Weighted', 'InfoNCE'), ('Weighted bank', 'AVID bank')):   # the weights a loss would give, unused
+        for f in [f for f in fr if f > 0]:
+            if {o, base} <= set(results.objective):
+                m, lo, hi = _ci((auc(o, f) - auc(base, f)).dropna())
+                rows.append(dict(claim=f"{o}: training with the weights makes them better detectors than {base}'s unused weights, off {f:g}",
+                                 paper='AUC difference > 0', measured=f"{m:+.3f} [{lo:+.3f}, {hi:+.3f}]", verdict=_verdict(lo, hi)))
     for o, base in (('Weighted', 'InfoNCE'), ('Weighted bank', 'AVID bank')):
         if {o, base} <= set(results.objective) and len(fr) > 1:
             lo_f, hi_f = fr[0], fr[-1]
