@@ -101,7 +101,7 @@ def localization_map(out, audio_cluster: int = 0) -> torch.Tensor:
     a = out.visual_assign[torch.arange(len(k), device=k.device), k]
     return a.reshape(-1, *out.visual_shape)
 
-# %% ../nbs/10_localize_separate.ipynb #137a93d9
+# %% ../nbs/10_localize_separate.ipynb #66ea4b38
 @torch.no_grad()
 def av_similarity_map(model, audio, frames, head: bool | None = None, resize: int = 0) -> torch.Tensor:
     "Cosine similarity (B, h, w) between each clip's audio embedding and every position of the video encoder's last map (`conv5x`, averaged over time), each position through the video head (`head`: None = when there is one)."
@@ -179,7 +179,7 @@ def separation_metrics(refs, ests, silence: float = 1e-5, per_sample: bool = Fal
     if per_sample: out['per_sample'] = dict(sdr=m[:, 0], sir=m[:, 1], sar=m[:, 2])
     return out
 
-# %% ../nbs/10_localize_separate.ipynb #30c99636
+# %% ../nbs/10_localize_separate.ipynb #a6fe0986
 def log_frequency_matrix(n_linear: int, n_log: int, base: float = 21.0, inverse: bool = False) -> torch.Tensor:
     "Linear-interpolation matrix (n_log, n_linear) that resamples STFT bins onto `n_log` log-spaced bins; `inverse=True`: (n_linear, n_log), back."
     if n_linear < 2 or n_log < 2 or not base > 1:
@@ -196,7 +196,7 @@ def log_frequency_matrix(n_linear: int, n_log: int, base: float = 21.0, inverse:
     W[rows, lo + 1] += frac
     return W.float()
 
-# %% ../nbs/10_localize_separate.ipynb #698965bc
+# %% ../nbs/10_localize_separate.ipynb #d1dff363
 def _down(cin: int, cout: int) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(cin, cout, 3, 2, 1, bias=False), nn.BatchNorm2d(cout), nn.LeakyReLU(0.2, inplace=True))
 
@@ -249,14 +249,15 @@ class SeparatorModel(nn.Module):
     model_class = 'avc_nb.localize.SeparatorModel'   # where train.load_model finds the class
     def __init__(self, n_fft: int = 1022, hop: int = 256, n_freq: int = 128, log_base: float = 21.0, k: int = 16,
                  unet_channels: Sequence[int] = (8, 16, 32, 64, 128), visual_preset: str = 'small', n_frames: int = 3,
-                 shift: int | None = None, video_mean: Sequence[float] = (0.485, 0.456, 0.406),
+                 shift: int | None = None, freeze_visual: bool = False, video_mean: Sequence[float] = (0.485, 0.456, 0.406),
                  video_std: Sequence[float] = (0.229, 0.224, 0.225)):
         super().__init__()
         if visual_preset not in SCENE_PRESETS: raise ValueError(f"SeparatorModel: unknown visual_preset {visual_preset!r}; known: {sorted(SCENE_PRESETS)}")
         if n_frames < 1: raise ValueError(f"SeparatorModel: n_frames must be >= 1, got {n_frames}")
         self.init_kwargs = dict(n_fft=int(n_fft), hop=int(hop), n_freq=int(n_freq), log_base=float(log_base), k=int(k),
                                 unet_channels=[int(c) for c in unet_channels], visual_preset=visual_preset, n_frames=int(n_frames),
-                                shift=None if shift is None else int(shift), video_mean=[float(x) for x in video_mean],
+                                shift=None if shift is None else int(shift), freeze_visual=bool(freeze_visual),
+                                video_mean=[float(x) for x in video_mean],
                                 video_std=[float(x) for x in video_std])
         self.n_fft, self.hop, self.n_frames, self.shift = int(n_fft), int(hop), int(n_frames), shift
         n_lin = self.n_fft // 2 + 1
@@ -270,6 +271,14 @@ class SeparatorModel(nn.Module):
         self.visual_fc = nn.Linear(self.visual.out_dim, k)
         self.audio_net = AudioUNet(unet_channels, k)
         self.scale, self.bias = nn.Parameter(torch.ones(k)), nn.Parameter(torch.zeros(1))
+        self.freeze_visual = bool(freeze_visual)
+        if self.freeze_visual: self.visual.requires_grad_(False)
+
+    def train(self, mode: bool = True):
+        "Training mode, except for a frozen frame encoder, which stays in eval mode (its BatchNorm statistics unchanged)."
+        super().train(mode)
+        if self.freeze_visual: self.visual.eval()
+        return self
 
     def magnitude(self, wave: torch.Tensor) -> torch.Tensor:
         "Waveforms (B, L), float in [-1, 1] or int16 -> STFT magnitudes (B, n_freq, T) on the log-frequency axis, in float32."
@@ -309,7 +318,7 @@ class SeparatorModel(nn.Module):
         "Masks (..., n_freq, T) on the log-frequency axis -> (..., n_fft // 2 + 1, T) on the STFT's linear axis."
         return torch.einsum('lg,...gt->...lt', self.unwarp, masks.float())
 
-# %% ../nbs/10_localize_separate.ipynb #81fdaa19
+# %% ../nbs/10_localize_separate.ipynb #444945a8
 class MixSeparateObjective:
     "Sound of Pixels' loss: BCE of each mask against |S_i| > 0.5 |mix|, weighted by clamp(log1p |mix|, 1e-3, 10); with `skip_same_class`, mixtures of two clips of one class (batch 'label') are left out."
     def __init__(self, skip_same_class: bool = True):
@@ -329,11 +338,11 @@ class MixSeparateObjective:
             acc = float((acc * keep).sum() / n) if n else float('nan')
         return loss, dict(mask_acc=acc, mixtures=n)
 
-# %% ../nbs/10_localize_separate.ipynb #ef61b7f9
+# %% ../nbs/10_localize_separate.ipynb #78727f42
 def train_separator(cache, subset, steps: int, seed: int, out_dir, batch_size: int = 16, lr: float = 1e-3,
                     weight_decay: float = 1e-4, device: str = '', progress: bool = False, callbacks=(), resume: bool = True,
-                    skip_same_class: bool = True, return_trainer: bool = False, **model_kwargs):
-    "Train a `SeparatorModel(**model_kwargs)` on cache positions `subset` for `steps` steps of `batch_size` clips through notebook 07's Trainer, in `out_dir`; returns the model in eval mode (or the Trainer)."
+                    skip_same_class: bool = True, return_trainer: bool = False, visual_init=None, **model_kwargs):
+    "Train a `SeparatorModel(**model_kwargs)` on cache positions `subset` for `steps` steps of `batch_size` clips through notebook 07's Trainer, in `out_dir`; returns the model in eval mode (or the Trainer). `visual_init`: a frame encoder (e.g. a `SceneModel`'s `.visual`) or its state dict to start from; with `freeze_visual=True` it stays fixed."
     from avc_nb.sampling import SamplingSpec
     from avc_nb.train import TrainConfig, Trainer
     cfg = TrainConfig(cache_dir='', out_dir=str(out_dir), seed=int(seed), max_steps=int(steps), epochs=1, lr=lr,
@@ -342,6 +351,12 @@ def train_separator(cache, subset, steps: int, seed: int, out_dir, batch_size: i
                       prefetch=0)
     torch.manual_seed(seed)                      # the same initial weights for the same seed
     model = SeparatorModel(**model_kwargs)
+    if visual_init is not None:
+        sd = visual_init.state_dict() if isinstance(visual_init, nn.Module) else visual_init
+        try: model.visual.load_state_dict(sd)
+        except RuntimeError as e:
+            raise ValueError(f"train_separator: visual_init does not fit the separator's frame encoder "
+                             f"(visual_preset={model.init_kwargs['visual_preset']!r}): {str(e).splitlines()[0]}") from None
     tr = Trainer(cfg, cache=cache, model=model, objective=MixSeparateObjective(skip_same_class), subset=subset,
                  callbacks=callbacks, band_stats=False)
     tr.fit(resume=resume)

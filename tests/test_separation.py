@@ -210,3 +210,21 @@ def test_av_similarity_map_hand_case_and_ciou():
     assert ciou(s[0].numpy(), hit) > 0.3 and ciou(s[0].numpy(), miss) == 0.0
     toy.encode_audio = lambda wave, head=True: torch.ones(len(wave), 5)
     with pytest.raises(ValueError, match='head=True'): av_similarity_map(toy, torch.zeros(1, 16000), torch.zeros(1, 8, 64, 64, 3))
+
+
+def test_frame_encoder_from_a_scene_model_stays_frozen(solo_cache, tmp_path):
+    "visual_init copies a SceneModel's frame encoder; freeze_visual keeps its weights and BatchNorm statistics through training and reloading."
+    from avc_nb.scenes import SceneModel
+    from avc_nb.train import load_model
+    torch.manual_seed(1)
+    scene = SceneModel('small')
+    tr = train_separator(solo_cache, solo_cache.indices('train'), steps=3, seed=0, out_dir=tmp_path / 'frozen', batch_size=4,
+                         visual_init=scene.visual, freeze_visual=True, return_trainer=True)
+    for k, v in scene.visual.state_dict().items(): torch.testing.assert_close(tr.model.visual.state_dict()[k], v)
+    assert tr.model.train().visual.training is False and tr.model.audio_net.training
+    model, _ = load_model(tr.ckpt_path)
+    assert model.freeze_visual and not any(p.requires_grad for p in model.visual.parameters())
+    torch.testing.assert_close(model.visual.stem[0].weight, scene.visual.stem[0].weight)
+    with pytest.raises(ValueError, match='visual_init'):
+        train_separator(solo_cache, solo_cache.indices('train'), steps=1, seed=0, out_dir=tmp_path / 'bad', batch_size=4,
+                        visual_init=SceneModel('paper').visual)
