@@ -101,7 +101,11 @@ def localization_map(out, audio_cluster: int = 0) -> torch.Tensor:
     a = out.visual_assign[torch.arange(len(k), device=k.device), k]
     return a.reshape(-1, *out.visual_shape)
 
-# %% ../nbs/10_localize_separate.ipynb #66ea4b38
+# %% ../nbs/10_localize_separate.ipynb #1b78a882
+def _tensor(x) -> torch.Tensor:
+    "A tensor as it is (any device), or a NumPy array / list as a tensor (copied when its strides are negative, e.g. a reversed view)."
+    return x if torch.is_tensor(x) else torch.from_numpy(np.ascontiguousarray(x))
+
 @torch.no_grad()
 def av_similarity_map(model, audio, frames, head: bool | None = None, resize: int = 0) -> torch.Tensor:
     "Cosine similarity (B, h, w) between each clip's audio embedding and every position of the video encoder's last map (`conv5x`, averaged over time), each position through the video head (`head`: None = when there is one)."
@@ -110,7 +114,7 @@ def av_similarity_map(model, audio, frames, head: bool | None = None, resize: in
     model.eval()
     try:
         dev = model.video_mean.device
-        audio, frames = torch.as_tensor(np.asarray(audio)).to(dev), torch.as_tensor(np.asarray(frames)).to(dev)
+        audio, frames = _tensor(audio).to(dev), _tensor(frames).to(dev)
         if audio.ndim == 1: audio = audio[None]
         if frames.ndim == 4: frames = frames[None]
         if resize: frames = augment_frames(frames, crop=0, flip=False, resize=resize)
@@ -179,7 +183,7 @@ def separation_metrics(refs, ests, silence: float = 1e-5, per_sample: bool = Fal
     if per_sample: out['per_sample'] = dict(sdr=m[:, 0], sir=m[:, 1], sar=m[:, 2])
     return out
 
-# %% ../nbs/10_localize_separate.ipynb #a6fe0986
+# %% ../nbs/10_localize_separate.ipynb #341ef9b3
 def log_frequency_matrix(n_linear: int, n_log: int, base: float = 21.0, inverse: bool = False) -> torch.Tensor:
     "Linear-interpolation matrix (n_log, n_linear) that resamples STFT bins onto `n_log` log-spaced bins; `inverse=True`: (n_linear, n_log), back."
     if n_linear < 2 or n_log < 2 or not base > 1:
@@ -196,7 +200,7 @@ def log_frequency_matrix(n_linear: int, n_log: int, base: float = 21.0, inverse:
     W[rows, lo + 1] += frac
     return W.float()
 
-# %% ../nbs/10_localize_separate.ipynb #d1dff363
+# %% ../nbs/10_localize_separate.ipynb #5480052f
 def _down(cin: int, cout: int) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(cin, cout, 3, 2, 1, bias=False), nn.BatchNorm2d(cout), nn.LeakyReLU(0.2, inplace=True))
 
@@ -318,7 +322,7 @@ class SeparatorModel(nn.Module):
         "Masks (..., n_freq, T) on the log-frequency axis -> (..., n_fft // 2 + 1, T) on the STFT's linear axis."
         return torch.einsum('lg,...gt->...lt', self.unwarp, masks.float())
 
-# %% ../nbs/10_localize_separate.ipynb #444945a8
+# %% ../nbs/10_localize_separate.ipynb #313345ab
 class MixSeparateObjective:
     "Sound of Pixels' loss: BCE of each mask against |S_i| > 0.5 |mix|, weighted by clamp(log1p |mix|, 1e-3, 10); with `skip_same_class`, mixtures of two clips of one class (batch 'label') are left out."
     def __init__(self, skip_same_class: bool = True):
@@ -338,7 +342,7 @@ class MixSeparateObjective:
             acc = float((acc * keep).sum() / n) if n else float('nan')
         return loss, dict(mask_acc=acc, mixtures=n)
 
-# %% ../nbs/10_localize_separate.ipynb #78727f42
+# %% ../nbs/10_localize_separate.ipynb #951754b0
 def train_separator(cache, subset, steps: int, seed: int, out_dir, batch_size: int = 16, lr: float = 1e-3,
                     weight_decay: float = 1e-4, device: str = '', progress: bool = False, callbacks=(), resume: bool = True,
                     skip_same_class: bool = True, return_trainer: bool = False, visual_init=None, **model_kwargs):
@@ -370,8 +374,8 @@ def separate(model, mixture, frames, threshold: float | None = 0.5) -> np.ndarra
     model.eval()
     try:
         dev = model.video_mean.device
-        mix = np.asarray(mixture, dtype=np.float64).reshape(-1)
-        fr = torch.as_tensor(np.asarray(frames)).to(dev)
+        mix = (mixture.detach().cpu().numpy() if torch.is_tensor(mixture) else np.asarray(mixture)).astype(np.float64).reshape(-1)
+        fr = _tensor(frames).to(dev)
         if fr.ndim == 4: fr = fr[None]
         M = model.magnitude(torch.as_tensor(mix, dtype=torch.float32, device=dev)[None]).expand(len(fr), -1, -1)
         m = model.linear_masks(torch.sigmoid(model.mask_logits(M, fr).float())).double().cpu()
@@ -392,8 +396,8 @@ def separation_pairs(cache, split: str = 'test', n_pairs: int | None = None, see
     return pairs[:n_pairs] if n_pairs else pairs
 
 def evaluate_separation(model, cache, pairs, seconds: float = 1.0, start: float = 0.0, threshold: float | None = 0.5,
-                        ceilings: bool = True) -> dict:
-    "SDR / SIR / SAR of `model` on mixtures of the clip `pairs` (each clip's audio from `start`, divided by 2), beside the mixture (floor) and the ideal binary and ratio masks (ceilings): {method: separation_metrics(..., per_sample=True)}."
+                        ceilings: bool = True, swap_frames: bool = False) -> dict:
+    "SDR / SIR / SAR of `model` on mixtures of the clip `pairs` (each clip's audio from `start`, divided by 2), beside the mixture (floor) and the ideal binary and ratio masks (ceilings): {method: separation_metrics(..., per_sample=True)}. `swap_frames`: a control, each clip's mask predicted from the other clip's frames."
     if not len(pairs): raise ValueError("evaluate_separation: no pairs to evaluate")
     N, T = int(round(seconds * cache.spec.sample_rate)), int(round(seconds * cache.spec.fps))
     refs, est = [], {'learned': [], 'mixture': []}
@@ -402,7 +406,7 @@ def evaluate_separation(model, cache, pairs, seconds: float = 1.0, start: float 
         b = cache.batch([i, j], n_frames=T, audio_samples=N, starts=[start, start])
         mix, r = mix_sources(b['audio'].astype(np.float64) / 32768)
         refs.append(r)
-        est['learned'].append(separate(model, mix, b['frames'], threshold))
+        est['learned'].append(separate(model, mix, b['frames'][::-1] if swap_frames else b['frames'], threshold))
         est['mixture'].append(np.stack([mix, mix]))
         if ceilings:
             bm, rm = ideal_masks(r, mix, model.n_fft, model.hop)

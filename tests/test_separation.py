@@ -228,3 +228,15 @@ def test_frame_encoder_from_a_scene_model_stays_frozen(solo_cache, tmp_path):
     with pytest.raises(ValueError, match='visual_init'):
         train_separator(solo_cache, solo_cache.indices('train'), steps=1, seed=0, out_dir=tmp_path / 'bad', batch_size=4,
                         visual_init=SceneModel('paper').visual)
+
+
+def test_swapped_frames_control(solo_cache):
+    "swap_frames gives each clip's mask the other clip's frames: the estimates swap places, so the learned scores change (and an all-pass mask does not care)."
+    torch.manual_seed(0)
+    m = SeparatorModel().eval()
+    pairs = separation_pairs(solo_cache, 'test')[:2]
+    a, b = (evaluate_separation(m, solo_cache, pairs, ceilings=False, swap_frames=s)['learned'] for s in (False, True))
+    with torch.no_grad(): m.scale.zero_(); m.bias.fill_(30.0)
+    c, d = (evaluate_separation(m, solo_cache, pairs, ceilings=False, swap_frames=s)['learned'] for s in (False, True))
+    np.testing.assert_allclose(c['per_sample']['sdr'], d['per_sample']['sdr'])
+    assert not np.allclose(a['per_sample']['sdr'], b['per_sample']['sdr'])
