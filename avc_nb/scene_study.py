@@ -31,9 +31,8 @@ __all__ = ['SEPARATION_MODES', 'SEPARATION_VISUAL', 'NOT_IN_RUN', 'COMPLEXITY_CO
            'SEPARATION_METHODS', 'UNMATCHED', 'SEP_ROWS', 'METRICS', 'BASELINES', 'DMC_PUBLISHED', 'SceneStudyConfig',
            'scene_data', 'eval_set', 'background_colours', 'background_probe', 'scene_map', 'other_map',
            'localization_scores', 'evaluate', 'condition_subset', 'run_condition', 'av_similarity_maps',
-           'run_av_baseline', 'separation_available', 'run_separation', 'smoothed', 'study_rows', 'paired',
-           'run_scene_study', 'load_scene_study', 'study_tables', 'claim_checks', 'dmc_table', 'study_figure',
-           'write_scene_report']
+           'run_av_baseline', 'run_separation', 'smoothed', 'study_rows', 'paired', 'run_scene_study',
+           'load_scene_study', 'study_tables', 'claim_checks', 'dmc_table', 'study_figure', 'write_scene_report']
 
 # %% ../nbs/16_scenes_study.ipynb #91f0610a
 SEPARATION_MODES = ('off', 'per-seed', 'per-condition')
@@ -259,18 +258,15 @@ def run_condition(cfg: SceneStudyConfig, cache: ClipCache, df: pd.DataFrame, con
 AV_BASELINE = 'AV similarity (07)'
 
 def av_similarity_maps(model, ev: dict):
-    "Maps (B, h, w) of notebook 10's `av_similarity_map` for a notebook-07 model on the evaluation set `ev`; None where this avc_nb has no `av_similarity_map`."
-    fn = getattr(localize, 'av_similarity_map', None)
-    if fn is None: return None
-    return torch.as_tensor(fn(model, ev['audio'], ev['frames'])).float().cpu().numpy()
+    "Maps (B, h, w) of notebook 10's `av_similarity_map` for a notebook-07 model on the evaluation set `ev`."
+    return torch.as_tensor(localize.av_similarity_map(model, ev['audio'], ev['frames'])).float().cpu().numpy()
 
 def run_av_baseline(cfg: SceneStudyConfig, cache: ClipCache, df: pd.DataFrame, seed: int, ev: dict) -> dict:
     "Train notebook 07's audio-visual model (InfoNCE, its own `small` preset) on the same training clips, steps, batch and lr at `seed`, through the Trainer; score its AV similarity maps on `ev`."
     run_dir = Path(cfg.out_dir) / 'runs' / f"av-similarity_s{seed}"
     subset = np.asarray(cache.indices('train'))
-    has_map = hasattr(localize, 'av_similarity_map')
     rec = dict(study={k: v for k, v in cfg.to_dict().items() if k not in NOT_IN_RUN},
-               condition=AV_BASELINE, seed=seed, subset=subset.tolist(), eval_index=ev['index'].tolist(), has_map=has_map)
+               condition=AV_BASELINE, seed=seed, subset=subset.tolist(), eval_index=ev['index'].tolist())
     done = run_dir / 'result.json'
     if done.exists():
         res = json.loads(done.read_text())
@@ -280,28 +276,21 @@ def run_av_baseline(cfg: SceneStudyConfig, cache: ClipCache, df: pd.DataFrame, s
     t0 = time.perf_counter()
     tr = Trainer(tcfg, cache=cache, subset=subset)           # no model given: the Trainer builds notebook 07's AVModel and InfoNCE
     hist = tr.fit(resume=False)
-    maps = av_similarity_maps(tr.model, ev)
-    scores = (localization_scores(maps, ev['masks']) if maps is not None else
-              dict(ciou=float('nan'), auc=float('nan'), success50=float('nan'), success30=float('nan'), n_eval=0))
+    scores = localization_scores(av_similarity_maps(tr.model, ev), ev['masks'])
     res = dict(condition=AV_BASELINE, seed=seed, n_train=len(subset), steps=tr.step, seconds=time.perf_counter() - t0,
-               has_map=has_map, train_loss=[float(h['loss']) for h in hist], **scores, fingerprint=fingerprint(rec))
+               train_loss=[float(h['loss']) for h in hist], **scores, fingerprint=fingerprint(rec))
     done.write_text(json.dumps(res))
     return res
 
 # %% ../nbs/16_scenes_study.ipynb #sepstudy01
 SEPARATION_METHODS = ('mixture', 'ideal binary mask', 'ideal ratio mask')
 
-def separation_available() -> bool:
-    "Whether this avc_nb has notebook 10's learned separator (`train_separator`, `separation_pairs`, `evaluate_separation`)."
-    return all(hasattr(localize, f) for f in ('train_separator', 'separation_pairs', 'evaluate_separation'))
-
 def _sep_summary(r: dict) -> dict:
     return {m: float(r[m]) for m in ('sdr', 'sir', 'sar')} | dict(n=int(r['n']), skipped=int(r['skipped']))
 
 def run_separation(cfg: SceneStudyConfig, cache: ClipCache, df: pd.DataFrame, condition: str, seed: int, pairs,
-                   bounds: bool = False) -> dict | None:
-    "Train notebook 10's mix-and-separate separator on `condition`'s training clips at `seed` (same Trainer; with `separation_visual='scene'` on that condition's trained, frozen frame encoder) and score it on the fixed `pairs`; with `bounds`, also the mixture (floor) and ideal masks (ceilings). None without the separator."
-    if not separation_available(): return None
+                   bounds: bool = False) -> dict:
+    "Train notebook 10's mix-and-separate separator on `condition`'s training clips at `seed` (same Trainer; with `separation_visual='scene'` on that condition's trained, frozen frame encoder) and score it on the fixed `pairs`; with `bounds`, also the mixture (floor) and ideal masks (ceilings)."
     run_dir = Path(cfg.out_dir) / 'runs' / f"separator-{condition.replace(' ', '-')}_s{seed}"
     subset, _ = condition_subset(df, cache.indices('train'), condition)
     steps = cfg.separation_steps or cfg.steps
@@ -414,8 +403,7 @@ def _run_study(cfg, log, t0, load0) -> dict:
     probe = background_probe(cache, df)
     log(f"data: background colour -> the audio's context {probe['context_acc']:.2f} (chance {probe['context_chance']:.2f}), "
         f"-> class {probe['class_acc']:.2f} (chance {probe['class_chance']:.2f}); {len(ev['index'])} evaluation clips")
-    sep_on = cfg.separation != 'off' and separation_available()
-    if cfg.separation != 'off' and not sep_on: log("separation skipped: this avc_nb has no avc_nb.localize.train_separator yet")
+    sep_on = cfg.separation != 'off'
     pairs = localize.separation_pairs(cache, 'test', cfg.separation_pairs, seed=cfg.data_seed) if sep_on else []
     if sep_on and not pairs:
         log(f"separation skipped: no two test clips whose sounds differ in {cache.dir}"); sep_on = False
@@ -433,8 +421,7 @@ def _run_study(cfg, log, t0, load0) -> dict:
             av = run_av_baseline(cfg, cache, df, seed, ev)
             base.append(dict(condition=AV_BASELINE, seed=seed, **{k: av[k] for k in ('ciou', 'auc', 'success50', 'success30', 'n_eval')},
                              seconds=av['seconds']))
-            log(f"seed {seed} {AV_BASELINE}: cIoU {av['ciou']:.3f} AUC {av['auc']:.3f} ({av['seconds']:.0f} s)"
-                + ('' if av['has_map'] else '; no av_similarity_map in avc_nb.localize: not scored'))
+            log(f"seed {seed} {AV_BASELINE}: cIoU {av['ciou']:.3f} AUC {av['auc']:.3f} ({av['seconds']:.0f} s)")
         for cond in (sep_conds if sep_on else ()):
             s = run_separation(cfg, cache, df, cond, seed, pairs, bounds=bounds is None)
             bounds = bounds or s['bounds']

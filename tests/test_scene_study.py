@@ -10,7 +10,7 @@ from avc_nb.core import AvcError, ConfigError
 from avc_nb.scene_study import (AV_BASELINE, COMPLEXITY_CONDITIONS, SEPARATION_METHODS, UNMATCHED, SceneStudyConfig, _loss_target,
                                 _steps_to, background_probe, claim_checks, condition_subset, dmc_table, eval_set, load_scene_study,
                                 localization_scores, other_map, paired, run_scene_study, scene_data, scene_map,
-                                separation_available, smoothed, study_tables, write_scene_report)
+                                smoothed, study_tables, write_scene_report)
 
 
 def test_config_checks():
@@ -83,24 +83,23 @@ def test_tiny_study_end_to_end(tmp_path):
     assert t['rows'].loc[t['rows'].condition.isin(['simple-first', 'shuffled', 'complex-first']), 'steps_to_target'].notna().all()
     claims = claim_checks(t)
     assert sum(c.startswith('(a)') for c in claims) == 3 and sum(c.startswith('(b)') for c in claims) == 3
-    if separation_available():
-        assert len(study['separation']) == 2 and set(study['separation_bounds']) == set(SEPARATION_METHODS)
-        assert sum(c.startswith('(d)') for c in claims) == 2
-        assert set(t['separation'].reference) == {'mixture (floor)', 'ideal binary mask', 'ideal ratio mask'}
+    assert len(study['separation']) == 2 and set(study['separation_bounds']) == set(SEPARATION_METHODS)
+    assert sum(c.startswith('(d)') for c in claims) == 2
+    assert set(t['separation'].reference) == {'mixture (floor)', 'ideal binary mask', 'ideal ratio mask'}
     assert len(dmc_table(t)) > 4
     text = write_scene_report(study, tmp_path / 'report')
     assert 'Claim checks' in text and (tmp_path / 'report' / 'figure.png').stat().st_size > 0
     assert load_scene_study(tmp_path)['config'] == cfg.to_dict()
-    if separation_available():   # a separator on a condition's own trained frame encoder, frozen
-        import dataclasses
-        from avc_nb.scene_study import run_separation
-        from avc_nb.train import load_model
-        sc = dataclasses.replace(cfg, separation_visual='scene')
-        s = run_separation(sc, cache, df, '3 sources', 0, [tuple(p) for p in study['separation_pairs']])
-        assert s['visual'] == 'scene' and s['learned']['n'] + s['learned']['skipped'] == len(study['separation_pairs'])
-        sep_model = load_model(tmp_path / 'runs' / 'separator-3-sources_s0' / 'train' / 'checkpoints' / 'last.pt')[0]
-        scene_model = load_model(tmp_path / 'runs' / '3-sources_s0' / 'checkpoints' / 'last.pt')[0]
-        for k, v in scene_model.visual.state_dict().items(): torch.testing.assert_close(sep_model.visual.state_dict()[k], v)
+    # a separator on a condition's own trained frame encoder, frozen
+    import dataclasses
+    from avc_nb.scene_study import run_separation
+    from avc_nb.train import load_model
+    sc = dataclasses.replace(cfg, separation_visual='scene')
+    s = run_separation(sc, cache, df, '3 sources', 0, [tuple(p) for p in study['separation_pairs']])
+    assert s['visual'] == 'scene' and s['learned']['n'] + s['learned']['skipped'] == len(study['separation_pairs'])
+    sep_model = load_model(tmp_path / 'runs' / 'separator-3-sources_s0' / 'train' / 'checkpoints' / 'last.pt')[0]
+    scene_model = load_model(tmp_path / 'runs' / '3-sources_s0' / 'checkpoints' / 'last.pt')[0]
+    for k, v in scene_model.visual.state_dict().items(): torch.testing.assert_close(sep_model.visual.state_dict()[k], v)
 
 
 def test_distractors_reach_the_data(tmp_path):
