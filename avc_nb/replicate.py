@@ -27,9 +27,10 @@ from .train import TrainConfig, Trainer
 
 # %% auto #0
 __all__ = ['PUBLISHED_P1', 'VARIANTS', 'DATA_SPEC', 'AGGREGATE_TEXT', 'ReplicateConfig', 'heldout_config', 'fingerprint',
-           'record_diff', 'data_records', 'data_fingerprint', 'prepare_data', 'run_record', 'pending_runs', 'run_one',
-           't_cdf', 't_quantile', 'to_markdown', 'paired_stats', 'paired_comparison', 'paired_table', 'summarize',
-           'check_claim', 'plot_results', 'replicate', 'load_replication']
+           'record_diff', 'data_records', 'data_fingerprint', 'prepare_data', 'run_record', 'saved_result',
+           'save_result', 'pending_runs', 'run_one', 't_cdf', 't_quantile', 'to_markdown', 'paired_stats',
+           'paired_comparison', 'paired_table', 'summarize', 'check_claim', 'plot_results', 'replicate',
+           'load_replication']
 
 # %% ../nbs/11_replicate.ipynb #dc1ce8eb
 PUBLISHED_P1 = pd.DataFrame(
@@ -205,6 +206,20 @@ def run_record(cfg: ReplicateConfig, variant: str, size: int, seed: int) -> dict
     return dict(avc_nb=avc_nb.__version__, variant=variant, size=int(size), seed=int(seed),
                 sampling=paper_variants(cfg.batch_size)[variant].to_dict(), settings=settings, data=data_fingerprint(cfg))
 
+def saved_result(run_dir, fp: str) -> dict | None:
+    "The run's saved result.json when its fingerprint is `fp`; None when it is missing, made with other settings, or unreadable (a run killed while writing it)."
+    done = Path(run_dir) / 'result.json'
+    try: res = json.loads(done.read_text())
+    except (OSError, ValueError): return None
+    return res if isinstance(res, dict) and res.get('fingerprint') == fp else None
+
+def save_result(run_dir, res: dict) -> Path:
+    "Write `res` (with its 'fingerprint') as run_dir/result.json, atomically: a run killed while writing leaves the old file or none, never half of one."
+    run_dir = Path(run_dir); run_dir.mkdir(parents=True, exist_ok=True)
+    done = run_dir / 'result.json'
+    tmp = done.with_name('result.json.tmp'); tmp.write_text(json.dumps(res)); tmp.replace(done)
+    return done
+
 def _run_dir(cfg, variant, size, seed) -> Path: return Path(cfg.out_dir) / 'runs' / f"{_slug(variant)}_n{size}_s{seed}"
 
 def _saved(cfg, variant, size, seed) -> tuple[dict | None, str]:
@@ -213,9 +228,11 @@ def _saved(cfg, variant, size, seed) -> tuple[dict | None, str]:
     done, stamp = run_dir / 'result.json', run_dir / 'fingerprint.json'
     if not done.exists(): return None, 'not run yet'
     record = run_record(cfg, variant, size, seed)
-    res = json.loads(done.read_text())
-    if res.get('fingerprint') == fingerprint(record): return res, 'reused'
-    if 'fingerprint' not in res or not stamp.exists(): return None, 'its result.json has no fingerprint (an earlier avc_nb)'
+    res = saved_result(run_dir, fingerprint(record))
+    if res is not None: return res, 'reused'
+    try: old = json.loads(done.read_text())
+    except ValueError: return None, 'its result.json is unreadable (a run stopped while writing it)'
+    if 'fingerprint' not in old or not stamp.exists(): return None, 'its result.json has no fingerprint (an earlier avc_nb)'
     return None, f"its result.json was made with other settings ({record_diff(json.loads(stamp.read_text()), record)})"
 
 def pending_runs(cfg: ReplicateConfig) -> list:
@@ -261,8 +278,7 @@ def run_one(cfg: ReplicateConfig, data: dict, variant: str, size: int, seed: int
     res['fingerprint'] = fingerprint(record)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / 'fingerprint.json').write_text(json.dumps(record, indent=1))
-    done = run_dir / 'result.json'
-    tmp = done.with_name('result.json.tmp'); tmp.write_text(json.dumps(res)); tmp.replace(done)  # last: a result only when complete
+    save_result(run_dir, res)                  # last: a result only when complete
     return res
 
 # %% ../nbs/11_replicate.ipynb #e0d58f8c

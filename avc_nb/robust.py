@@ -27,7 +27,7 @@ from .features import LogMel
 from .losses import (CrossModalAgreement, FaultyPositiveWeights, MemoryBank, SOFT_TARGET_MODES, infonce,
                      pair_similarity, soft_target_infonce, soft_targets, weighted_infonce)
 from .probe import knn_probe, linear_probe, probe_split
-from .replicate import paired_stats, to_markdown
+from .replicate import paired_stats, save_result, saved_result, to_markdown
 from .sampling import SamplingSpec, derive_seed, keyed_generator
 from .synthetic import make_synthetic
 
@@ -504,10 +504,8 @@ def run_robust_one(cfg: RobustConfig, data: dict, objective: str, fraction: floa
     "Pretrain one (objective, off-screen fraction, seed), measure detection and soft-target mass, probe both encoders; cached in result.json."
     run_dir = Path(cfg.out_dir) / 'runs' / f"{objective.lower().replace(' + ', '+').replace(' ', '-')}_off{fraction:g}_s{seed}"
     fp = cfg.fingerprint(STUDY_VERSION, objective, fraction, seed)
-    done = run_dir / 'result.json'
-    if done.exists():
-        res = json.loads(done.read_text())
-        if res.get('fingerprint') == fp: return res
+    res = saved_result(run_dir, fp)
+    if res is not None: return res
     t0 = time.perf_counter()
     feats = data[fraction]
     heads, obj, hist = pretrain_heads(feats, objective, cfg, seed, out_dir=run_dir / 'train')
@@ -527,8 +525,7 @@ def run_robust_one(cfg: RobustConfig, data: dict, objective: str, fraction: floa
                                       cfg.probe_epochs, cfg.probe_lr, cfg.knn_k)
             res[f'{dom}_linear_{mod}'], res[f'{dom}_knn_{mod}'] = lin, knn
     res['seconds'] = time.perf_counter() - t0
-    run_dir.mkdir(parents=True, exist_ok=True)
-    tmp = done.with_name('result.json.tmp'); tmp.write_text(json.dumps(res)); tmp.replace(done)
+    save_result(run_dir, res)
     return res
 
 def raw_input_probes(cfg: RobustConfig, data: dict, seed: int) -> dict:

@@ -20,7 +20,7 @@ from .core import AvcError, Config, ConfigError
 from .data import CacheSpec, ClipCache, prepare_cache
 from .localize import (apply_masks, boxes_mask, centre_prior, ciou, ideal_masks, localization_auc, localization_map,
                              mix_sources, random_map, separation_metrics, sounding_mask, success_rate)
-from .replicate import fingerprint, paired_stats, to_markdown
+from .replicate import fingerprint, paired_stats, save_result, saved_result, to_markdown
 from .sampling import SamplingSpec
 from .scenes import ConcurrencyLoss, CurriculumSampler, SceneModel, matched_clusters, scene_complexity
 from .synthetic import make_synthetic, read_ground_truth
@@ -231,10 +231,8 @@ def run_condition(cfg: SceneStudyConfig, cache: ClipCache, df: pd.DataFrame, con
     subset, order = condition_subset(df, cache.indices('train'), condition)
     rec = dict(study={k: v for k, v in cfg.to_dict().items() if k not in NOT_IN_RUN},
                condition=condition, seed=seed, subset=subset.tolist(), eval_index=ev['index'].tolist())
-    done = run_dir / 'result.json'
-    if done.exists():
-        res = json.loads(done.read_text())
-        if res.get('fingerprint') == fingerprint(rec): return res
+    res = saved_result(run_dir, fingerprint(rec))
+    if res is not None: return res
     tcfg = _train_config(cfg, run_dir, seed)
     torch.manual_seed(seed)                                 # the same initial weights in every condition of a seed
     model = SceneModel(cfg.preset, n_visual_clusters=cfg.n_visual_clusters, n_audio_clusters=cfg.n_audio_clusters)
@@ -251,7 +249,7 @@ def run_condition(cfg: SceneStudyConfig, cache: ClipCache, df: pd.DataFrame, con
     res = dict(condition=condition, seed=seed, n_train=len(subset), steps=tr.step, seconds=time.perf_counter() - t0,
                final=curve[-1], untrained=curve[0], curve=curve,
                train_loss=[float(h['loss']) for h in hist], fingerprint=fingerprint(rec))
-    done.write_text(json.dumps(res))
+    save_result(run_dir, res)
     return res
 
 # %% ../nbs/16_scenes_study.ipynb #avbase01
@@ -267,10 +265,8 @@ def run_av_baseline(cfg: SceneStudyConfig, cache: ClipCache, df: pd.DataFrame, s
     subset = np.asarray(cache.indices('train'))
     rec = dict(study={k: v for k, v in cfg.to_dict().items() if k not in NOT_IN_RUN},
                condition=AV_BASELINE, seed=seed, subset=subset.tolist(), eval_index=ev['index'].tolist())
-    done = run_dir / 'result.json'
-    if done.exists():
-        res = json.loads(done.read_text())
-        if res.get('fingerprint') == fingerprint(rec): return res
+    res = saved_result(run_dir, fingerprint(rec))
+    if res is not None: return res
     tcfg = dataclasses.replace(_train_config(cfg, run_dir, seed), preset='small' if cfg.preset == 'small' else 'paper')
     torch.manual_seed(seed)
     t0 = time.perf_counter()
@@ -279,7 +275,7 @@ def run_av_baseline(cfg: SceneStudyConfig, cache: ClipCache, df: pd.DataFrame, s
     scores = localization_scores(av_similarity_maps(tr.model, ev), ev['masks'])
     res = dict(condition=AV_BASELINE, seed=seed, n_train=len(subset), steps=tr.step, seconds=time.perf_counter() - t0,
                train_loss=[float(h['loss']) for h in hist], **scores, fingerprint=fingerprint(rec))
-    done.write_text(json.dumps(res))
+    save_result(run_dir, res)
     return res
 
 # %% ../nbs/16_scenes_study.ipynb #sepstudy01
@@ -305,10 +301,8 @@ def run_separation(cfg: SceneStudyConfig, cache: ClipCache, df: pd.DataFrame, co
             raise AvcError(f"{ck}: separation_visual='scene' needs the scene model of {condition!r} at seed {seed}; run that condition first")
         rec.update(visual='scene', scene_run=json.loads((scene_dir / 'result.json').read_text())['fingerprint'])
         kw = dict(visual_init=load_model(ck)[0].visual, freeze_visual=True, visual_preset=cfg.preset)
-    done = run_dir / 'result.json'
-    if done.exists():
-        res = json.loads(done.read_text())
-        if res.get('fingerprint') == fingerprint(rec): return res
+    res = saved_result(run_dir, fingerprint(rec))
+    if res is not None: return res
     t0 = time.perf_counter()
     model = localize.train_separator(cache, subset, steps, seed, run_dir / 'train', batch_size=min(cfg.batch_size, len(subset)), lr=cfg.lr,
                                      device=cfg.device, progress=cfg.progress, resume=False, **kw)
@@ -316,8 +310,7 @@ def run_separation(cfg: SceneStudyConfig, cache: ClipCache, df: pd.DataFrame, co
     res = dict(condition=condition, seed=seed, steps=steps, n_train=len(subset), seconds=time.perf_counter() - t0,
                visual=cfg.separation_visual, learned=_sep_summary(r['learned']),
                bounds={m: _sep_summary(r[m]) for m in SEPARATION_METHODS if m in r}, fingerprint=fingerprint(rec))
-    run_dir.mkdir(parents=True, exist_ok=True)
-    done.write_text(json.dumps(res))
+    save_result(run_dir, res)
     return res
 
 # %% ../nbs/16_scenes_study.ipynb #3097d009

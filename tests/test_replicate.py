@@ -75,3 +75,16 @@ def test_cli_bad_value_is_one_line(setting, field, capsys):
     err = capsys.readouterr().err.strip()
     assert err.startswith('avc_replicate: ') and f"ReplicateConfig.{field} " in err and '\n' not in err
     with pytest.raises(ConfigError): ReplicateConfig(**{field: {'n_classes': 0, 'seeds': [], 'epochs': 0, 'heldout_classes': 10}[field]})
+
+
+def test_saved_result_reuses_only_a_whole_matching_file(tmp_path):
+    "A run's result.json is reused only when complete and of the same fingerprint; a half-written one means 'run again', not a crash."
+    from avc_nb.replicate import save_result, saved_result
+    run = tmp_path / 'runs' / 'x_s0'
+    assert saved_result(run, 'abc') is None                              # never run
+    save_result(run, dict(fingerprint='abc', top1=50.0))
+    assert saved_result(run, 'abc') == dict(fingerprint='abc', top1=50.0)
+    assert saved_result(run, 'other') is None                            # other settings
+    assert not (run / 'result.json.tmp').exists()
+    (run / 'result.json').write_text('{"fingerprint": "abc", "top')     # a run killed while writing it
+    assert saved_result(run, 'abc') is None
